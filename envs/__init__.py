@@ -1,0 +1,87 @@
+"""Environment adapters behind one contract (see `envs.core.MultiAgentVecEnv` and DESIGN.md).
+
+    import envs
+    env = envs.make("ant-2x4", num_envs=8, seed=0)
+    batch = env.reset()                       # obs [E, N, obs_dim], state [E, state_dim], ...
+    batch, reward, terminated, truncated, info = env.step(actions)
+    envs.ids()                                # every valid id
+
+Each family lives in its own module, imported only when one of its ids is made, so a missing
+backend package only matters for the family that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from envs.core import MissingDependencyError, MultiAgentVecEnv
+
+__all__ = ["make", "ids", "family", "MultiAgentVecEnv", "MissingDependencyError"]
+
+TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game"]
+TSC_IDS = ["tsc-2x2", "tsc-4x4", "tsc-cologne8"]
+MAMUJOCO_IDS = [
+    "ant-2x4", "ant-4x2", "ant-8x1",
+    "halfcheetah-2x3", "halfcheetah-3x2", "halfcheetah-6x1",
+    "walker-2x3", "walker-3x2", "walker-6x1",
+    "hopper-3x1", "humanoid-9-8",
+]  # fmt: skip
+SMAX_MAPS = [
+    "3m", "2s3z", "25m", "3s5z", "8m", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m",
+    "3s5z_vs_3s6z", "3s_vs_5z", "6h_vs_8z", "smacv2_5_units", "smacv2_10_units", "smacv2_20_units",
+]  # fmt: skip
+SMAX_IDS = [f"smax-{m}" for m in SMAX_MAPS]
+MPE_IDS = [f"mpe-{s}{c}" for s in ("spread", "speaker-listener", "reference") for c in ("", "-continuous")]
+
+# family -> (module, its ids)
+FAMILIES = {
+    "toy": ("envs.toy", TOY_IDS),
+    "tsc": ("envs.tsc", TSC_IDS),
+    "mamujoco": ("envs.mamujoco", MAMUJOCO_IDS),
+    "smax": ("envs.smax", SMAX_IDS),
+    "mpe": ("envs.mpe", MPE_IDS),
+}
+
+
+def ids() -> list[str]:
+    """Every env id that `make` accepts (real SMAC `smac-<map>` ids need StarCraft II, see README)."""
+    return [i for _, family_ids in FAMILIES.values() for i in family_ids]
+
+
+def family(env_id: str) -> str:
+    """The family an id belongs to: toy, tsc, mamujoco, smax, smac or mpe."""
+    if env_id.startswith("smac-"):
+        return "smac"
+    for name, (_, family_ids) in FAMILIES.items():
+        if env_id in family_ids:
+            return name
+    raise ValueError(
+        f"unknown env id {env_id!r}. Valid ids: {', '.join(ids())}"
+        " (and smac-<map> where StarCraft II and smac are installed)"
+    )
+
+
+def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> MultiAgentVecEnv:
+    """A batch of `num_envs` auto-resetting copies of task `env_id` (see `ids()`).
+
+    `seed`: env e of the batch is seeded with seed + e at the first reset. `options` are
+    passed to the family's module (e.g. `agent_obsk` for Multi-Agent MuJoCo, `penalty` for
+    matrix-penalty, `vectorization="async"` for one worker process per env).
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+    name = family(env_id)
+    if name == "smac":
+        module = importlib.import_module("envs.smac")
+    elif name == "toy":
+        from envs.toy import ToyGameEnv
+
+        return ToyGameEnv(env_id, num_envs, seed, **options)
+    else:
+        module = importlib.import_module(FAMILIES[name][0])
+    try:
+        return module.make(env_id, num_envs=num_envs, seed=seed, **options)
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e):
+            raise ValueError(f"{env_id}: unknown option ({e}); see help(envs.{module.__name__})") from e
+        raise
