@@ -12,7 +12,8 @@ observation is a dict of padded per-agent arrays, so that gymnasium's own vector
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -261,8 +262,9 @@ class ParallelEnvAdapter(gym.Env):
         obs, rewards, terms, truncs, _ = self.env.step(actions)
         agent_rewards = np.array([rewards.get(a, 0.0) for a in self.agents], np.float32)
         reward = float(self.team_reward(agent_rewards))
-        terminated = any(terms.values()) or not self.env.agents
-        truncated = any(truncs.values()) and not terminated
+        truncated = any(truncs.values()) and not any(terms.values())
+        # an env that removed every agent without saying why has terminated
+        terminated = any(terms.values()) or (not self.env.agents and not truncated)
         self._return += reward
         self._length += 1
         if self.step_metrics_fn is not None:
