@@ -1,0 +1,131 @@
+"""Learning curves and result tables from the TensorBoard event files under runs/.
+
+    python benchmark/plot.py --runs-dir runs --out-dir benchmark/figures
+    python benchmark/plot.py --tag eval/episodic_return --env-ids mpe-spread --x wall
+
+Run folders are named `{env_id}__{exp_name}__{seed}__{time}` (every algorithm file does so);
+runs with the same env id and exp_name are seeds of one experiment. For each env id: one PNG
+with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock time with
+--x wall), and one markdown table: final value mean ± std over seeds (mean of each run's last
+10% of points), seeds, steps, wall time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import tyro
+
+
+def read_scalars(run_dir: str, tag: str, with_wall_time: bool = False) -> list[tuple]:
+    """[(step, value)] (or [(step, value, wall_time)]) of one scalar tag in a run folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return []
+    events = acc.Scalars(tag)
+    if with_wall_time:
+        return [(e.step, e.value, e.wall_time) for e in events]
+    return [(e.step, e.value) for e in events]
+
+
+def collect(runs_dir: str, tag: str, env_ids: list[str] | None, exp_names: list[str] | None) -> dict:
+    """{env_id: {exp_name: [array (n, 3) of step, value, seconds since start] per seed]}}"""
+    found: dict = defaultdict(lambda: defaultdict(list))
+    for name in sorted(os.listdir(runs_dir)):
+        parts = name.split("__")
+        if len(parts) != 4:
+            continue
+        env_id, exp_name = parts[0], parts[1]
+        if (env_ids and env_id not in env_ids) or (exp_names and exp_name not in exp_names):
+            continue
+        points = read_scalars(os.path.join(runs_dir, name), tag, with_wall_time=True)
+        if points:
+            data = np.array(points, dtype=np.float64)
+            data[:, 2] -= data[0, 2]
+            found[env_id][exp_name].append(data)
+    return found
+
+
+def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100) -> tuple:
+    """Interpolate every seed's curve on a common grid up to the shortest run."""
+    end = min(c[-1, x_col] for c in curves)
+    grid = np.linspace(0, end, n)
+    ys = np.stack([np.interp(grid, c[:, x_col], c[:, 1]) for c in curves])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def final_value(curve: np.ndarray) -> float:
+    k = max(1, len(curve) // 10)
+    return float(curve[-k:, 1].mean())
+
+
+def table(env_id: str, experiments: dict, tag: str) -> str:
+    lines = [f"| {env_id} | {tag} (final, mean ± std) | seeds | env steps | wall time |", "|---|---|---|---|---|"]
+    for exp_name, curves in sorted(experiments.items()):
+        finals = [final_value(c) for c in curves]
+        steps = int(np.median([c[-1, 0] for c in curves]))
+        wall = np.median([c[-1, 2] for c in curves]) / 60
+        final = f"{np.mean(finals):.2f} ± {np.std(finals):.2f}"
+        lines.append(f"| {exp_name} | {final} | {len(curves)} | {steps:,} | {wall:.0f} min |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Args:
+    runs_dir: str = "runs"
+    """folder holding the run folders"""
+    out_dir: str = "benchmark/figures"
+    """where PNGs and markdown tables are written"""
+    tag: str = "charts/episodic_return"
+    """scalar to plot (e.g. eval/episodic_return, charts/win_rate, charts/waiting_time)"""
+    env_ids: list[str] = field(default_factory=list)
+    """only these env ids (default: all found)"""
+    exp_names: list[str] = field(default_factory=list)
+    """only these experiments (default: all found)"""
+    x: str = "steps"
+    """x axis: 'steps' (env steps) or 'wall' (minutes)"""
+    prefix: str = ""
+    """file name prefix of the outputs"""
+
+
+def main(args: Args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    found = collect(args.runs_dir, args.tag, args.env_ids, args.exp_names)
+    if not found:
+        raise SystemExit(f"no runs with scalar {args.tag!r} under {args.runs_dir!r}")
+    x_col = 0 if args.x == "steps" else 2
+    slug = args.tag.replace("/", "_")
+    for env_id, experiments in sorted(found.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for exp_name, curves in sorted(experiments.items()):
+            grid, mean, low, high = mean_curve(curves, x_col)
+            if x_col == 2:
+                grid = grid / 60
+            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seeds)")
+            ax.fill_between(grid, low, high, alpha=0.2)
+        ax.set_xlabel("env steps" if x_col == 0 else "wall time (min)")
+        ax.set_ylabel(args.tag)
+        ax.set_title(env_id)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        base = os.path.join(args.out_dir, f"{args.prefix}{env_id}__{slug}")
+        fig.savefig(base + ".png", dpi=120)
+        plt.close(fig)
+        with open(base + ".md", "w") as f:
+            f.write(table(env_id, experiments, args.tag) + "\n")
+        print(f"wrote {base}.png and {base}.md")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,108 @@
+"""Run algorithms x env ids x seeds, each as its own process, writing into runs/.
+
+    python benchmark/run.py --experiment param-sharing --seeds 1 2 3 --workers 2
+    python benchmark/run.py --algos mappo ippo --env-ids mpe-spread --seeds 1 2 3 --extra=--total-timesteps=200000
+    python benchmark/run.py --experiment mamujoco --dry-run      # only print the commands
+
+Each experiment below is the record of how a figure in the README or docs/ was made: the
+commands it prints are exactly what ran. `--extra` arguments are appended to every command.
+Then `python benchmark/plot.py` draws the curves and tables from runs/.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# experiment -> list of (algorithm file, env id, extra arguments)
+EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
+    # the lecture's MAPPO vs MAPPO-Ind table: parameter sharing on and off
+    "param-sharing": [
+        (algo, env_id, flags)
+        for env_id in ["smax-3m", "smax-2s3z", "mpe-spread", "halfcheetah-6x1"]
+        for algo, flags in [("mappo", ["--share-params"]), ("mappo", ["--no-share-params", "--exp-name", "mappo-ind"])]
+    ],
+    # the lecture's Multi-Agent MuJoCo figure
+    "mamujoco": [
+        (algo, env_id, [])
+        for env_id in ["ant-2x4", "halfcheetah-6x1", "walker-2x3"]
+        for algo in ["happo", "hatrpo", "mappo", "ippo", "maddpg", "mat"]
+    ],
+    # SMAX win rates
+    "smax": [
+        (algo, env_id, [])
+        for env_id in ["smax-3m", "smax-2s3z", "smax-5m_vs_6m"]
+        for algo in ["mappo", "ippo", "happo", "mat"]
+    ],
+    # traffic: every discrete-capable algorithm
+    "traffic": [
+        (algo, env_id, [])
+        for env_id in ["tsc-2x2", "tsc-4x4"]
+        for algo in ["ia2c", "ippo", "maa2c", "mappo", "coma", "maddpg", "happo", "hatrpo", "mat"]
+    ],
+}
+
+
+def commands(args: Args) -> list[list[str]]:
+    if args.experiment:
+        if args.experiment not in EXPERIMENTS:
+            raise SystemExit(f"unknown experiment {args.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        plan = EXPERIMENTS[args.experiment]
+    else:
+        if not args.algos or not args.env_ids:
+            raise SystemExit("give --experiment NAME, or --algos and --env-ids")
+        plan = [(a, e, []) for e in args.env_ids for a in args.algos]
+    return [
+        [sys.executable, f"{algo}.py", "--env-id", env_id, "--seed", str(seed), *flags, *args.extra]
+        for algo, env_id, flags in plan
+        for seed in args.seeds
+    ]
+
+
+def run(cmd: list[str], log_dir: str) -> int:
+    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:7])
+    with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
+        start = time.time()
+        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    print(f"[{'ok' if code == 0 else f'exit {code}'}] {time.time() - start:6.0f}s  {shlex.join(cmd[1:])}", flush=True)
+    return code
+
+
+@dataclass
+class Args:
+    experiment: str = ""
+    """a named experiment (param-sharing, mamujoco, smax, traffic)"""
+    algos: list[str] = field(default_factory=list)
+    """algorithm files without .py (instead of --experiment)"""
+    env_ids: list[str] = field(default_factory=list)
+    """env ids (instead of --experiment)"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """seeds, one run each"""
+    extra: list[str] = field(default_factory=list)
+    """arguments appended to every command, e.g. --extra=--total-timesteps=200000"""
+    workers: int = 1
+    """runs at the same time"""
+    dry_run: bool = False
+    """only print the commands"""
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    cmds = commands(args)
+    if args.dry_run:
+        print("\n".join(shlex.join(c[1:]) for c in cmds))
+        raise SystemExit(0)
+    log_dir = os.path.join(ROOT, "runs", "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    with ThreadPoolExecutor(args.workers) as pool:
+        codes = list(pool.map(lambda c: run(c, log_dir), cmds))
+    raise SystemExit(max(codes, default=0))

@@ -1,0 +1,72 @@
+"""Training throughput of an algorithm file next to the raw env throughput, in one run.
+
+    python benchmark/train_sps.py --algo mappo --env-id ant-2x4
+    python benchmark/train_sps.py --algo mappo happo mat --env-id mpe-spread --total-timesteps 20000
+
+For each algorithm: the raw random-action env-steps/s of `envs.make(env_id, num_envs)` at the
+algorithm's own default `num_envs` (benchmark/env_sps.py), then a training run of
+`total_timesteps` steps; the training figure is the median of the `charts/SPS` values the
+run logged (env steps per second of wall time, updates included). Runs go to a temporary
+directory. Prints one line per algorithm: algo, env id, num_envs, env SPS, train SPS, ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmark.env_sps import measure_env_sps  # noqa: E402
+from benchmark.plot import read_scalars  # noqa: E402
+
+
+def train_sps(algo: str, env_id: str, total_timesteps: int, num_envs: int | None, env_steps: int) -> dict:
+    module = importlib.import_module(algo)
+    names = {f.name for f in dataclasses.fields(module.Args)}
+    overrides = {"env_id": env_id, "total_timesteps": total_timesteps, "save_model": False, "eval_interval": 0}
+    overrides["eval_episodes"] = 1
+    if num_envs is not None:
+        overrides["num_envs"] = num_envs
+    args = module.Args(**{k: v for k, v in overrides.items() if k in names})
+    env_rate = measure_env_sps(env_id, args.num_envs, env_steps)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            result = module.train(args)
+            sps = [v for _, v in read_scalars(result["run_dir"], "charts/SPS")]
+        finally:
+            os.chdir(cwd)
+    train_rate = statistics.median(sps[len(sps) // 2 :]) if sps else float("nan")  # steady state
+    return {"algo": algo, "env_id": env_id, "num_envs": args.num_envs, "env_sps": env_rate, "train_sps": train_rate}
+
+
+@dataclass
+class Args:
+    algo: list[str] = field(default_factory=lambda: ["mappo"])
+    """algorithm files (without .py) to measure"""
+    env_id: str = "ant-2x4"
+    """env id to train on"""
+    total_timesteps: int = 20_000
+    """training steps per measurement"""
+    num_envs: int | None = None
+    """batch size; default: each algorithm's own default"""
+    env_steps: int = 500
+    """batch steps of the raw env measurement (per repeat)"""
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    rows = [train_sps(a, args.env_id, args.total_timesteps, args.num_envs, args.env_steps) for a in args.algo]
+    print(f"\n{'algo':<8}{'env_id':<22}{'num_envs':>9}{'env SPS':>10}{'train SPS':>11}{'ratio':>7}")
+    for r in rows:
+        ratio = r["train_sps"] / r["env_sps"]
+        print(f"{r['algo']:<8}{r['env_id']:<22}{r['num_envs']:>9}{r['env_sps']:>10,.0f}{r['train_sps']:>11,.0f}{ratio:>7.0%}")
