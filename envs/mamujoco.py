@@ -15,8 +15,11 @@ the ones it lacks are built here from its own body graph:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
+import warnings
 
 from envs.core import GymVectorMultiAgentEnv, ParallelEnvAdapter, require
 
@@ -46,7 +49,10 @@ EPISODE_LIMIT = 1000
 
 
 def _make_parallel_env(env_id: str, agent_obsk: int, render_mode: str | None):
-    mamujoco_v1 = require("gymnasium_robotics", "gymnasium-robotics mujoco", env_id).mamujoco_v1
+    # gymnasium-robotics prints a notice about unrelated (Adroit) envs on import
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        mamujoco_v1 = require("gymnasium_robotics", "gymnasium-robotics mujoco", env_id).mamujoco_v1
     scenario, conf, partition = TASKS[env_id]
     if partition is None:
         return mamujoco_v1.parallel_env(scenario, conf, agent_obsk=agent_obsk, render_mode=render_mode)
