@@ -1,0 +1,588 @@
+# COMA: Counterfactual Multi-Agent Policy Gradients (Foerster, Farquhar, Afouras, Nardelli, Whiteson; AAAI 2018)
+"""COMA: an actor-critic with a centralised Q-critic and a counterfactual baseline.
+
+In the lecture's terms (CTDE, table "Actor loss / Critic type"):
+- Actor pi^i(u^i | tau^i) on the agent's local history tau^i: a GRU over (observation,
+  previous action one-hot, agent id) by default (`--no-use-rnn`: an MLP on the same inputs).
+  Parameters shared by all agents by default, as in the paper (`--no-share-params`: one
+  actor per agent on its true observation/action sizes, no id).
+- Critic (Q-function, centralised, one network shared by all agents): Q(s, u^-i, o^i, i, u_{t-1})
+  with inputs state s, the agent's observation o^i, the other agents' actions one-hot (agent
+  i's own block masked out), agent id and all agents' previous actions; it outputs Q for every
+  action u'^i of agent i in one forward pass, so the counterfactual baseline costs one pass:
+      b^i(s, u^-i) = sum_{u'^i} pi^i(u'^i | tau^i) Q(s, (u^-i, u'^i))
+      A^i(s, u)    = Q(s, u) - b^i(s, u^-i)                                (lecture, COMA)
+  Actor loss: -E[A^i log pi^i(u^i | tau^i)] (A^i detached), minus an optional entropy bonus.
+- Critic targets: TD(lambda) returns from a target network (hard copy every
+  `target_update_interval` critic updates), regression loss (Q(s_t, u_t) - G^lambda_t)^2.
+- Discrete actions only (the baseline sums over the action set); unavailable actions (batch
+  "avail") get probability exactly zero, so they drop out of the baseline sum too.
+
+Rollouts (the simplest correct scheme for the env contract's same-step auto-reset): every
+iteration collects a fixed `num_steps` T steps from each of the E envs. The GRU hidden state
+is carried across iterations and reset to zero where an episode ended; the previous action
+input is zero at an episode's first step. For the update the GRU is re-run over the T stored
+steps from the hidden state stored at the start of the rollout (as CleanRL's LSTM PPO does;
+that stored state was computed by the previous actor, a small staleness the paper's
+whole-episode batches avoid).
+The TD(lambda) recursion is cut at episode ends and at the end of the rollout:
+  - termination: no bootstrap;
+  - truncation (time limit): bootstrap from Q_target(final_state, u_final), where u_final is
+    sampled from the current policy at info["final_obs"] (sampled, never executed, as
+    EPyMARL's runner does at the last step of an episode);
+  - an episode still running at the end of the rollout: bootstrap from Q_target(s_T, u_T), u_T
+    sampled (not executed; the next iteration samples again with the updated policy).
+  Inside an episode: G_t = r_t + gamma [(1 - lambda) Q_target(s_{t+1}, u_{t+1}) + lambda G_{t+1}].
+
+Exploration as in the paper / EPyMARL: the policy is mixed with a uniform distribution over
+the available actions, pi = (1 - eps) softmax + eps / |avail|, eps annealed linearly from
+`epsilon_start` to `epsilon_finish`; this mixed pi is used for sampling, log pi and the
+baseline (as in pymarl/EPyMARL). Evaluation is greedy (argmax over available actions).
+
+Logging: charts/episodic_return (and _length, win_rate) is one point per iteration, the mean of
+the episodes that ended in it (one point per episode would flood TensorBoard on one-step games).
+
+Death masking (SMAX): steps where batch["alive"] is False for agent i are excluded from agent
+i's actor loss. The critic is trained on every step (a dead agent's only action is no-op and
+its Q(s, u) is still the team's Q; keeping it trained keeps the TD bootstrap values sane).
+
+Default env: matrix-climbing, where COMA goes from -3.44 (random) to the safe equilibrium 5
+within ~40k steps (like other policy-gradient methods it does not find the optimum 11). On
+mpe-spread it learns slowly (measured: training return -28 -> -22 and greedy -24 after 100k
+steps at default settings).
+
+Deliberate differences from the paper and EPyMARL's COMA:
+- Fixed-length rollouts of T steps per env (bootstrapped from the target critic) instead of
+  batches of whole episodes padded to the episode limit.
+- One full-batch critic gradient step per iteration (`critic_updates` of them) instead of the
+  paper's / pymarl's sequential per-timestep critic updates (reverse time order); the
+  advantage uses the critic after its update.
+- Adam (eps 1e-5) instead of RMSprop; gradient norm clipped to `max_grad_norm` (pymarl: 10).
+- TD(lambda) (paper, pymarl, lambda = 0.8) rather than the n-step returns of recent EPyMARL
+  versions; an optional entropy bonus (`ent_coef`, EPyMARL has one; the paper has none),
+  computed on the masked softmax before the epsilon mix.
+- Truncation bootstrapping uses the availability mask of the last step of the finished episode
+  for sampling u_final (the contract gives no final avail; exact where all actions are always
+  available, e.g. MPE and traffic).
+- With --no-share-params only the actor is per agent; the centralised critic is always one
+  network with the agent id as input (as in the paper).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import imageio
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+CONTINUOUS_ALGOS = "ia2c, ippo, maa2c, mappo, maddpg, happo, hatrpo, mat"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, use the GPU when one is available"""
+    env_id: str = "matrix-climbing"
+    """the id of the environment (discrete actions only; see envs.ids())"""
+    total_timesteps: int = 100_000
+    """total env steps (summed over the parallel envs)"""
+    num_envs: int = 8
+    """the number of parallel envs"""
+    capture_video: bool = False
+    """save a gif of the first evaluation episode (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """save the model to <run_dir>/<exp_name>.pt"""
+    eval_episodes: int = 10
+    """the number of greedy evaluation episodes"""
+    eval_interval: int = 50_000
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model: evaluate it instead of training"""
+    share_params: bool = True
+    """one actor shared by all agents (with the one-hot agent id); else one actor per agent"""
+
+    # Algorithm specific arguments
+    num_steps: int = 25
+    """the number of steps T collected from each env per iteration"""
+    use_rnn: bool = True
+    """GRU actor over the local history (else an MLP on the current observation and last action)"""
+    hidden_dim: int = 64
+    """hidden size of the actor (and of its GRU)"""
+    critic_hidden_dim: int = 128
+    """hidden size of the critic's two hidden layers"""
+    lr: float = 5e-4
+    """the learning rate of the actor"""
+    critic_lr: float = 5e-4
+    """the learning rate of the critic"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    td_lambda: float = 0.8
+    """the lambda of the critic's TD(lambda) targets"""
+    critic_updates: int = 1
+    """critic gradient steps (on the whole batch) per iteration"""
+    target_update_interval: int = 20
+    """hard-copy the critic into the target critic every this many critic updates"""
+    epsilon_start: float = 0.5
+    """initial weight of the uniform distribution mixed into the policy"""
+    epsilon_finish: float = 0.01
+    """final weight of the uniform mix"""
+    epsilon_anneal_steps: int = 50_000
+    """env steps over which epsilon is annealed linearly"""
+    ent_coef: float = 0.0
+    """coefficient of the entropy bonus (0 as in the paper)"""
+    critic_last_action: bool = True
+    """give the critic all agents' previous actions (as in the paper)"""
+    max_grad_norm: float = 10.0
+    """the maximum norm for gradient clipping"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """num_envs * num_steps (filled in at runtime)"""
+    num_iterations: int = 0
+    """total_timesteps // batch_size (filled in at runtime)"""
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):  # noqa: B008
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+# ------------------------------------------------------------------------------------ networks
+class AgentNet(nn.Module):
+    """fc -> ReLU -> GRUCell (or fc -> ReLU) -> logits. The hidden state passes through an MLP."""
+
+    def __init__(self, in_dim: int, n_actions: int, hidden: int, use_rnn: bool):
+        super().__init__()
+        self.use_rnn = use_rnn
+        self.fc = layer_init(nn.Linear(in_dim, hidden))
+        if use_rnn:
+            self.rnn = nn.GRUCell(hidden, hidden)
+            for name, p in self.rnn.named_parameters():
+                nn.init.orthogonal_(p) if "weight" in name else nn.init.constant_(p, 0.0)
+        else:
+            self.fc2 = layer_init(nn.Linear(hidden, hidden))
+        self.out = layer_init(nn.Linear(hidden, n_actions), std=0.01)
+
+    def forward(self, x, h):
+        x = F.relu(self.fc(x))
+        if self.use_rnn:
+            h = self.rnn(x, h)
+            return self.out(h), h
+        return self.out(F.relu(self.fc2(x))), h
+
+
+class Actor(nn.Module):
+    """pi^i(. | tau^i) for all agents at once: logits [B, N, n_actions] and the next hidden state."""
+
+    def __init__(self, obs_dims, act_dims, share: bool, use_rnn: bool, hidden: int):
+        super().__init__()
+        self.n_agents, self.obs_dims, self.act_dims = len(obs_dims), list(obs_dims), list(act_dims)
+        self.obs_dim, self.n_actions, self.share, self.hidden = max(obs_dims), max(act_dims), share, hidden
+        N, A = self.n_agents, self.n_actions
+        if share:  # padded obs + padded last action + one-hot id
+            self.nets = nn.ModuleList([AgentNet(self.obs_dim + A + N, A, hidden, use_rnn)])
+        else:  # one actor per agent on its true sizes
+            self.nets = nn.ModuleList(
+                [AgentNet(o + a, a, hidden, use_rnn) for o, a in zip(self.obs_dims, self.act_dims)]
+            )
+
+    def initial_state(self, batch: int, device) -> torch.Tensor:
+        return torch.zeros(batch, self.n_agents, self.hidden, device=device)
+
+    def forward(self, obs, last_action, h):
+        B, N, A = obs.shape[0], self.n_agents, self.n_actions
+        if self.share:
+            ids = torch.eye(N, device=obs.device).expand(B, N, N)
+            x = torch.cat([obs, last_action, ids], -1).reshape(B * N, -1)
+            logits, h = self.nets[0](x, h.reshape(B * N, -1))
+            return logits.view(B, N, A), h.view(B, N, -1)
+        logits = torch.full((B, N, A), -1e10, device=obs.device)
+        hs = []
+        for i, net in enumerate(self.nets):
+            o, a = self.obs_dims[i], self.act_dims[i]
+            out, hi = net(torch.cat([obs[:, i, :o], last_action[:, i, :a]], -1), h[:, i])
+            logits[:, i, :a] = out
+            hs.append(hi)
+        return logits, torch.stack(hs, 1)
+
+
+class Critic(nn.Module):
+    """Q(s, u^-i, o^i, i, u_{t-1}) -> Q for every action of agent i: [B, N, n_actions]."""
+
+    def __init__(self, in_dim: int, n_actions: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            layer_init(nn.Linear(in_dim, hidden)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden, hidden)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden, n_actions), std=1.0),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# ------------------------------------------------------------------------------ pure functions
+def critic_inputs(state, obs, actions_onehot, last_actions_onehot=None):
+    """Per-agent critic inputs [B, N, D]: (s, o^i, u^-i one-hot with agent i's block zeroed,
+    u_{t-1} of all agents (optional), one-hot id). state [B, S], obs [B, N, O], actions [B, N, A]."""
+    B, N, A = actions_onehot.shape
+    joint = actions_onehot.reshape(B, 1, N * A).expand(B, N, N * A)
+    others_mask = (1 - torch.eye(N, device=obs.device)).repeat_interleave(A, dim=1)  # [N, N*A]
+    parts = [state[:, None].expand(B, N, state.shape[-1]), obs, joint * others_mask]
+    if last_actions_onehot is not None:
+        parts.append(last_actions_onehot.reshape(B, 1, N * A).expand(B, N, N * A))
+    parts.append(torch.eye(N, device=obs.device).expand(B, N, N))
+    return torch.cat(parts, -1)
+
+
+def masked_policy(logits, avail, epsilon: float):
+    """pi = (1 - eps) softmax(logits masked by avail) + eps / |avail|; exactly 0 on unavailable actions."""
+    probs = torch.softmax(logits.masked_fill(~avail, -1e10), -1)
+    uniform = avail.float() / avail.sum(-1, keepdim=True).clamp(min=1)
+    return ((1 - epsilon) * probs + epsilon * uniform) * avail
+
+
+def coma_advantage(q_values, pi, actions):
+    """A^i = Q(s, u)[u^i] - sum_{u'} pi^i(u') Q(s, (u^-i, u')). q_values, pi [..., A], actions [...] long.
+    Returns (advantage, baseline, q_taken), all [...] and detached."""
+    q_values, pi = q_values.detach(), pi.detach()
+    q_taken = q_values.gather(-1, actions[..., None]).squeeze(-1)
+    baseline = (pi * q_values).sum(-1)  # pi is 0 on unavailable actions: they drop out of the sum
+    return q_taken - baseline, baseline, q_taken
+
+
+def td_lambda_targets(rewards, q_next, terminated, done, gamma: float, lam: float):
+    """TD(lambda) returns G [T, E, N] of a T-step rollout from E envs.
+
+    rewards [T, E]; q_next [T, E, N]: Q_target(s_{t+1}, u_{t+1}) per agent, where step t+1 is the
+    next step of the same episode, or the final state on truncation, or the bootstrap step after
+    the rollout; terminated, done (= terminated | truncated) [T, E].
+      G_t = r_t + gamma (1 - term_t) [(1 - lam) q_next_t + lam G_{t+1}]   inside an episode,
+      G_t = r_t + gamma (1 - term_t) q_next_t                            where step t ends an episode or the rollout.
+    """
+    T = rewards.shape[0]
+    G = torch.zeros_like(q_next)
+    not_term = 1.0 - terminated.float()
+    for t in reversed(range(T)):
+        nxt = q_next[t]
+        if t < T - 1:
+            cont = (1.0 - done[t].float())[:, None]  # 1 where step t+1 continues this episode
+            nxt = nxt + cont * lam * (G[t + 1] - q_next[t])
+        G[t] = rewards[t][:, None] + gamma * not_term[t][:, None] * nxt
+    return G
+
+
+def linear_schedule(start: float, finish: float, duration: int, t: int) -> float:
+    return start + (finish - start) * min(1.0, t / max(duration, 1))
+
+
+# ---------------------------------------------------------------------------------- boilerplate
+def to_t(x, device, dtype=torch.float32):
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def load_checkpoint(args: Args) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f"checkpoint {args.checkpoint!r} does not exist (pass the path of a saved <run_dir>/<exp_name>.pt)"
+        )
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    algo = ckpt.get("algo") if isinstance(ckpt, dict) else None
+    if algo != "coma":
+        raise ValueError(
+            f"checkpoint {args.checkpoint} was saved by {algo}.py, not coma.py; evaluate it with: "
+            f"python {algo}.py --env-id {ckpt.get('env_id', args.env_id)} --checkpoint {args.checkpoint}"
+        )
+    if ckpt["env_id"] != args.env_id:
+        raise ValueError(
+            f"checkpoint {args.checkpoint} was made for env {ckpt['env_id']}, not {args.env_id}; "
+            f"pass --env-id {ckpt['env_id']}"
+        )
+    return ckpt
+
+
+@torch.no_grad()
+def evaluate(actor: Actor, env_id: str, n_episodes: int, seed: int, device, video_path: str | None = None):
+    """Greedy episodes (argmax over available actions). Returns (mean return, win rate or nan)."""
+    options = {"render_mode": "rgb_array"} if video_path else {}
+    env = envs.make(env_id, num_envs=1 if video_path else min(n_episodes, 8), seed=seed, **options)
+    returns, wins, frames = [], [], []
+    try:
+        batch = env.reset()
+        E, N, A = env.num_envs, env.n_agents, env.n_actions
+        h = actor.initial_state(E, device)
+        last = torch.zeros(E, N, A, device=device)
+        if video_path:
+            frames.append(env.render())
+        while len(returns) < n_episodes:
+            avail = to_t(batch["avail"], device, torch.bool)
+            logits, h = actor(to_t(batch["obs"], device), last, h)
+            action = logits.masked_fill(~avail, -1e10).argmax(-1)
+            batch, _, term, trunc, info = env.step(action.cpu().numpy())
+            if video_path and not returns:
+                frames.append(env.render())
+            done = term | trunc
+            if done.any():
+                for e in np.flatnonzero(done):
+                    returns.append(float(info["episode"]["return"][e]))
+                    if "win" in env.metric_names:
+                        wins.append(float(info["episode"]["win"][e]))
+                keep = to_t(~done, device)[:, None, None]
+                h, last = h * keep, F.one_hot(action, A).float() * keep
+            else:
+                last = F.one_hot(action, A).float()
+    finally:
+        env.close()
+    if video_path and frames:
+        os.makedirs(os.path.dirname(video_path), exist_ok=True)
+        imageio.mimsave(video_path, [np.asarray(f) for f in frames if f is not None])
+    win_rate = float(np.mean(wins[:n_episodes])) if wins else float("nan")
+    return float(np.mean(returns[:n_episodes])), win_rate
+
+
+def check_args(args: Args, env) -> None:
+    if not env.discrete:
+        raise ValueError(
+            f"coma.py handles discrete actions only: COMA's counterfactual baseline sums Q over the agent's "
+            f"action set, and {args.env_id} has continuous actions. Use an algorithm that handles continuous "
+            f"actions: {CONTINUOUS_ALGOS} (e.g. python mappo.py --env-id {args.env_id})"
+        )
+    if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
+        raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not {args.env_id}")
+    if args.num_steps < 1 or args.num_envs < 1:
+        raise ValueError("num_steps and num_envs must be positive")
+
+
+# ---------------------------------------------------------------------------------------- train
+def train(args: Args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.checkpoint:
+        ckpt = load_checkpoint(args)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+        if args.capture_video:
+            raise ValueError("--capture-video is for training runs (the final evaluation); drop it with --checkpoint")
+        actor = Actor(ckpt["obs_dims"], ckpt["act_dims"], saved.share_params, saved.use_rnn, saved.hidden_dim)
+        actor.load_state_dict(ckpt["model"]["actor"])
+        actor.to(device)
+        ret, win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        print(f"checkpoint {args.checkpoint}: eval return {ret:.3f} win rate {win:.3f}")
+        return {"run_dir": None, "model_path": args.checkpoint, "global_step": 0,
+                "episodic_return": float("nan"), "eval_return": ret, "eval_win_rate": win}  # fmt: skip
+
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    try:
+        check_args(args, env)
+    except ValueError:
+        env.close()
+        raise
+    args.batch_size = args.num_envs * args.num_steps
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join([f"|{k}|{v}|" for k, v in vars(args).items()]),
+    )
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    E, N, A, T = args.num_envs, env.n_agents, env.n_actions, args.num_steps
+    actor = Actor(env.obs_dims, env.act_dims, args.share_params, args.use_rnn, args.hidden_dim).to(device)
+    critic_in = env.state_dim + env.obs_dim + N * A * (2 if args.critic_last_action else 1) + N
+    critic = Critic(critic_in, A, args.critic_hidden_dim).to(device)
+    target_critic = Critic(critic_in, A, args.critic_hidden_dim).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, eps=1e-5)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, eps=1e-5)
+
+    def qin(state, obs, actions, last):
+        return critic_inputs(state, obs, F.one_hot(actions, A).float(), last if args.critic_last_action else None)
+
+    # rollout storage [T, E, ...]
+    obs_b = torch.zeros(T, E, N, env.obs_dim, device=device)
+    state_b = torch.zeros(T, E, env.state_dim, device=device)
+    avail_b = torch.zeros(T, E, N, A, dtype=torch.bool, device=device)
+    alive_b = torch.zeros(T, E, N, device=device)
+    last_b = torch.zeros(T, E, N, A, device=device)  # u_{t-1} one-hot (zero at an episode's first step)
+    act_b = torch.zeros(T, E, N, dtype=torch.long, device=device)
+    rew_b = torch.zeros(T, E, device=device)
+    term_b = torch.zeros(T, E, device=device)
+    done_b = torch.zeros(T, E, device=device)
+    next_obs_b = torch.zeros_like(obs_b)  # inputs of the bootstrap step t+1 (final obs/state on truncation)
+    next_state_b = torch.zeros_like(state_b)
+    next_act_b = torch.zeros_like(act_b)
+
+    batch = env.reset()
+    h = actor.initial_state(E, device)
+    last = torch.zeros(E, N, A, device=device)
+    global_step, n_critic_updates, next_eval = 0, 0, args.eval_interval
+    recent_returns = deque(maxlen=20)
+    eval_return, eval_win = float("nan"), float("nan")
+    start_time = time.time()
+
+    def sample(obs, last, h, avail, eps):
+        logits, h = actor(obs, last, h)
+        return torch.multinomial(masked_policy(logits, avail, eps).reshape(-1, A), 1).view(E, N), h
+
+    for iteration in range(1, args.num_iterations + 1):
+        eps = linear_schedule(args.epsilon_start, args.epsilon_finish, args.epsilon_anneal_steps, global_step)
+        h0 = h.clone()
+        ended = {"return": [], "length": [], "win": []}  # episodes that end in this iteration
+        # ------------------------------------------------------------------ rollout (T steps)
+        with torch.no_grad():
+            obs, avail = to_t(batch["obs"], device), to_t(batch["avail"], device, torch.bool)
+            for t in range(T):
+                obs_b[t], state_b[t], avail_b[t] = obs, to_t(batch["state"], device), avail
+                alive_b[t], last_b[t] = to_t(batch["alive"], device), last
+                action, h = sample(obs, last, h, avail, eps)
+                act_b[t] = action
+                if t > 0:  # u_t is the bootstrap action of step t-1 where the episode went on
+                    next_act_b[t - 1] = torch.where(done_b[t - 1, :, None].bool(), next_act_b[t - 1], action)
+                batch, reward, term, trunc, info = env.step(action.cpu().numpy())
+                global_step += E
+                rew_b[t], term_b[t] = to_t(reward, device), to_t(term, device)
+                done = term | trunc
+                done_b[t] = to_t(done, device)
+                next_obs_b[t], next_state_b[t] = to_t(info["final_obs"], device), to_t(info["final_state"], device)
+                next_act_b[t] = 0
+                last = F.one_hot(action, A).float()
+                if trunc.any():  # u_final ~ pi(. | final obs): sampled, never executed (avail of step t)
+                    u_final, _ = sample(next_obs_b[t], last, h, avail, eps)
+                    next_act_b[t] = torch.where(to_t(trunc, device, torch.bool)[:, None], u_final, next_act_b[t])
+                obs, avail = to_t(batch["obs"], device), to_t(batch["avail"], device, torch.bool)
+                if done.any():
+                    keep = (1.0 - done_b[t])[:, None, None]
+                    h, last = h * keep, last * keep
+                    for k, v in ended.items():
+                        if k in info["episode"]:
+                            v.extend(np.asarray(info["episode"][k])[done].tolist())
+            # bootstrap step after the rollout: u_T sampled where the episode goes on (not executed)
+            u_T, _ = sample(obs, last, h, avail, eps)
+            next_act_b[T - 1] = torch.where(done_b[T - 1, :, None].bool(), next_act_b[T - 1], u_T)
+
+        # ------------------------------------------------------------------ critic: TD(lambda)
+        flat = lambda x: x.reshape(T * E, *x.shape[2:])
+        with torch.no_grad():
+            x_next = qin(flat(next_state_b), flat(next_obs_b), flat(next_act_b), flat(F.one_hot(act_b, A).float()))
+            q_next = target_critic(x_next).gather(-1, flat(next_act_b)[..., None]).squeeze(-1).view(T, E, N)
+            q_next = q_next * (1.0 - term_b)[..., None]
+            targets = td_lambda_targets(rew_b, q_next, term_b, done_b, args.gamma, args.td_lambda)
+        x_t = qin(flat(state_b), flat(obs_b), flat(act_b), flat(last_b))
+        for _ in range(args.critic_updates):
+            q_taken = critic(x_t).gather(-1, flat(act_b)[..., None]).squeeze(-1).view(T, E, N)
+            critic_loss = ((q_taken - targets) ** 2).mean()
+            critic_opt.zero_grad()
+            critic_loss.backward()
+            nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+            critic_opt.step()
+            n_critic_updates += 1
+            if n_critic_updates % args.target_update_interval == 0:  # hard target update
+                target_critic.load_state_dict(critic.state_dict())
+
+        # ------------------------------------------------------------------ actor: counterfactual PG
+        hh, pis, ents = h0, [], []
+        for t in range(T):
+            if t > 0:
+                hh = hh * (1.0 - done_b[t - 1])[:, None, None]
+            logits, hh = actor(obs_b[t], last_b[t], hh)
+            pis.append(masked_policy(logits, avail_b[t], eps))
+            p0 = masked_policy(logits, avail_b[t], 0.0)
+            ents.append(-(p0 * torch.log(p0.clamp(min=1e-10))).sum(-1))
+        pi, entropy = torch.stack(pis), torch.stack(ents)  # [T, E, N, A], [T, E, N]
+        with torch.no_grad():
+            q_values = critic(x_t).view(T, E, N, A)
+        advantage, baseline, _ = coma_advantage(q_values, pi, act_b)
+        log_pi = torch.log(pi.gather(-1, act_b[..., None]).squeeze(-1).clamp(min=1e-10))
+        mask = alive_b
+        pg_loss = -(advantage * log_pi * mask).sum() / mask.sum().clamp(min=1)
+        entropy_loss = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        actor_loss = pg_loss - args.ent_coef * entropy_loss
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+        actor_opt.step()
+
+        # ------------------------------------------------------------------ logging / evaluation
+        # one point per iteration: the mean of the episodes that ended in it (cheap on one-step games)
+        recent_returns.extend(ended["return"])
+        if ended["return"]:
+            writer.add_scalar("charts/episodic_return", np.mean(ended["return"]), global_step)
+            writer.add_scalar("charts/episodic_length", np.mean(ended["length"]), global_step)
+        if ended["win"]:
+            writer.add_scalar("charts/win_rate", np.mean(ended["win"]), global_step)
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/epsilon", eps, global_step)
+        writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/q_taken_mean", targets.mean().item(), global_step)
+        writer.add_scalar("losses/advantage_abs", advantage.abs().mean().item(), global_step)
+        writer.add_scalar("losses/actor_grad_norm", float(grad_norm), global_step)
+        if iteration % max(1, args.num_iterations // 20) == 0 or iteration == args.num_iterations:
+            mean_ret = np.mean(recent_returns) if recent_returns else float("nan")
+            print(f"global_step={global_step} SPS={sps} eps={eps:.3f} episodic_return={mean_ret:.3f} "
+                  f"critic_loss={critic_loss.item():.4f}")  # fmt: skip
+        if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
+            next_eval += args.eval_interval
+            eval_return, eval_win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+            if not np.isnan(eval_win):
+                writer.add_scalar("eval/win_rate", eval_win, global_step)
+    env.close()
+
+    # ---------------------------------------------------------------------- final evaluation, save
+    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+    eval_return, eval_win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
+    writer.add_scalar("eval/episodic_return", eval_return, global_step)
+    if not np.isnan(eval_win):
+        writer.add_scalar("eval/win_rate", eval_win, global_step)
+    print(f"final greedy eval: return {eval_return:.3f} win rate {eval_win:.3f}")
+    model_path = None
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        torch.save(
+            {"algo": "coma", "env_id": args.env_id, "args": dataclasses.asdict(args),
+             "obs_dims": list(env.obs_dims), "act_dims": list(env.act_dims),
+             "model": {"actor": actor.state_dict(), "critic": critic.state_dict()}},
+            model_path,
+        )  # fmt: skip
+        print(f"model saved to {model_path}")
+    writer.close()
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+        "eval_return": eval_return,
+        "eval_win_rate": eval_win,
+    }
+
+
+if __name__ == "__main__":
+    train(tyro.cli(Args))
