@@ -1,0 +1,602 @@
+# MADDPG: Lowe et al., "Multi-Agent Actor-Critic for Mixed Cooperative-Competitive Environments", NeurIPS 2017
+"""MADDPG (Multi-Agent DDPG) for cooperative tasks with a shared team reward.
+
+In the lecture's terms (CTDE table): the actor loss is the deterministic policy gradient
+loss, the critic is a centralised Q-function trained on global information and the joint
+action, and the actors act on local observations only (decentralised execution).
+
+    critic (TD, off-policy):  L(phi) = E_D[(Q_i(x, a_1..a_N) - y)^2],
+                              y = r + gamma * (1 - terminated) * Q'_i(x', mu'_1(o'_1), ..., mu'_N(o'_N))
+    actor  (DPG):             L(theta_i) = -E_D[Q_i(x, a_1, .., mu_i(o_i), .., a_N)]  (+ a small L2 on
+                              the actor's pre-activations, as in the authors' code)
+    targets (Polyak):         theta' <- tau * theta + (1 - tau) * theta'
+
+Default run: `python maddpg.py` trains on product-game (r = a1 * a2, optimum 4) and reaches a
+return of ~3.8 (training, with noise) / 3.99 (greedy) within a few thousand steps after the
+10k random warm-up steps; larger tasks need e.g. `--total-timesteps 1000000` (mpe-spread).
+
+x is the global state (`--critic-input state`, default, as in EPyMARL) or all agents'
+observations concatenated (`--critic-input obs`, the paper's x = (o_1, ..., o_N)).
+
+Actions, chosen from the env:
+- continuous: mu_i(o_i) = tanh(.) rescaled to [act_low, act_high]; exploration adds Gaussian
+  noise N(0, sigma^2) in the normalised [-1, 1] space (clipped), sigma annealed linearly from
+  `exploration_noise` to `exploration_noise_final` over the first `exploration_fraction` of
+  training, constant afterwards. Padded action dims are zeroed before the critic.
+- discrete: the actor outputs logits; unavailable actions get a large negative logit; a
+  Gumbel-softmax sample with the straight-through estimator (forward exactly one-hot, backward
+  the gradient of the soft sample) is both the exploration and the differentiable action in
+  the actor loss, as in the paper (Appendix) and EPyMARL; target actions and greedy
+  evaluation take the argmax over available actions.
+
+Sharing: `--share-params` (default, as in EPyMARL and the lecture's "implementation assuming
+that agents share parameters") uses one actor on the zero-padded observation plus the one-hot
+agent id; `--no-share-params` gives one actor per agent on its true sizes (the paper).
+`--share-critic` (default) uses one critic with the agent id appended (Q_i = Q(x, a, i), as in
+EPyMARL); `--no-share-critic` gives one critic per agent (the paper's Q_i). With the team
+reward all Q_i estimate the same return. Per-agent networks are stored as stacked weights and
+run in one batched matmul (`Linears`), so N networks cost one forward pass.
+
+Death masking (SMAX): the critic and actor losses of agent i are averaged over the samples in
+which agent i is alive (batch["alive"]); dead agents can only take the no-op, which the mask
+already enforces in the actions.
+
+Deliberate differences from the paper (and from EPyMARL's maddpg):
+- cooperative setting only: one team reward, so the critics may be shared (EPyMARL does the same);
+- in the actor loss the other agents' actions are the current policies' actions, detached
+  (EPyMARL); the paper uses the replay buffer's actions: `--others-from-buffer`;
+- MLP actors on the current observation and a transition replay buffer (EPyMARL's default
+  maddpg uses GRU actors over whole episodes and an episode buffer); no policy ensembles and
+  no inference of other agents' policies (paper, Sections 4.2-4.3);
+- uniform random actions for the first `learning_starts` steps (CleanRL's DDPG), Gaussian
+  noise instead of the paper's/DDPG's Ornstein-Uhlenbeck process for continuous actions;
+- gamma 0.99 (paper 0.95), tau 0.01 and Adam lr 1e-3 for both nets (paper 0.01),
+  gradient-norm clipping 10 (EPyMARL), batch 256 transitions (paper 1024), `gradient_steps`
+  updates every `train_freq` vector steps of num_envs transitions (default: one update per 8
+  transitions; the paper's code: one per 100), no reward standardisation (EPyMARL standardises);
+- on truncation the critic bootstraps from info["final_obs"/"final_state"]; the next
+  available actions of an ended episode are not part of the env contract, so the target
+  actor then chooses among all of the agent's actions (only matters for truncated SMAX / traffic).
+"""
+
+import os
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import imageio
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, cuda will be used when available"""
+    env_id: str = "product-game"
+    """the id of the environment (see envs.ids())"""
+    total_timesteps: int = 30_000
+    """total environment steps (summed over the parallel envs); e.g. 1M for mpe-spread, 2M for ant-2x4"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    capture_video: bool = False
+    """if toggled, save a gif of the first episode of each evaluation (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """whether to save the model into the run folder"""
+    eval_episodes: int = 10
+    """the number of greedy evaluation episodes"""
+    eval_interval: int = 0
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model: evaluate it instead of training"""
+    share_params: bool = True
+    """one actor shared by all agents (with one-hot agent id); else one actor per agent"""
+
+    # Algorithm specific arguments
+    share_critic: bool = True
+    """one critic shared by all agents (with one-hot agent id); else one critic per agent"""
+    critic_input: str = "state"
+    """what the critic sees besides the joint action: "state" (global state) or "obs" (all observations)"""
+    others_from_buffer: bool = False
+    """actor loss: the other agents' actions from the replay buffer (paper) instead of their current policies"""
+    buffer_size: int = 1_000_000
+    """the replay memory size in transitions"""
+    batch_size: int = 256
+    """the batch size (transitions) of each gradient step"""
+    learning_starts: int = 10_000
+    """env steps of uniformly random actions before learning starts"""
+    train_freq: int = 1
+    """vector-env steps (each num_envs transitions) between updates"""
+    gradient_steps: int = 1
+    """gradient steps (critic + actor) per update"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.01
+    """target smoothing coefficient (Polyak averaging)"""
+    actor_lr: float = 1e-3
+    """the learning rate of the actor"""
+    critic_lr: float = 1e-3
+    """the learning rate of the critic"""
+    hidden_dim: int = 64
+    """hidden units of the two hidden layers (actor and critic)"""
+    max_grad_norm: float = 10.0
+    """the maximum norm for the gradient clipping"""
+    actor_reg: float = 1e-3
+    """coefficient of the L2 penalty on the actor's pre-activations (logits / pre-tanh)"""
+    exploration_noise: float = 0.3
+    """continuous: initial std of the Gaussian exploration noise, in units of half the action range"""
+    exploration_noise_final: float = 0.05
+    """continuous: final std of the exploration noise"""
+    exploration_fraction: float = 0.5
+    """continuous: fraction of total_timesteps over which the noise std is annealed linearly"""
+    gumbel_temperature: float = 1.0
+    """discrete: temperature of the Gumbel-softmax"""
+
+    # filled in at runtime
+    num_iterations: int = 0
+    """the number of vector-env steps (filled in at runtime)"""
+
+
+# ------------------------------------------------------------------------------ networks
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Linears(nn.Module):
+    """G independent linear layers run as one batched matmul: x [G, B, in] -> [G, B, out].
+
+    Layer g is `layer_init`-ed (orthogonal) on its true sizes in_dims[g] x out_dims[g]; the
+    padded rows and columns start at zero and, since padded inputs are zero and padded outputs
+    are masked, stay there: G networks on their true sizes, at the cost of one forward pass.
+    """
+
+    def __init__(self, in_dims: list[int], out_dims: list[int], std: float = 2**0.5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(len(in_dims), max(in_dims), max(out_dims)))
+        self.bias = nn.Parameter(torch.zeros(len(in_dims), 1, max(out_dims)))
+        for g, (i, o) in enumerate(zip(in_dims, out_dims)):
+            self.weight.data[g, :i, :o] = layer_init(nn.Linear(i, o), std).weight.data.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def mlp(in_dims: list[int], hidden: int, out_dims: list[int], out_std: float) -> nn.Sequential:
+    """G two-hidden-layer ReLU MLPs (G = len(in_dims)), as in the paper (64 units)."""
+    h = [hidden] * len(in_dims)
+    return nn.Sequential(Linears(in_dims, h), nn.ReLU(), Linears(h, h), nn.ReLU(), Linears(h, out_dims, out_std))
+
+
+class AgentNets(nn.Module):
+    """Per-agent functions f_i(x_i) for x [B, N, in] -> [B, N, out]: one shared network with the
+    one-hot agent id appended (share=True), or one network per agent (true sizes in_dims[i],
+    out_dims[i]; inputs zero padded)."""
+
+    def __init__(self, n_agents: int, in_dims: list[int], out_dims: list[int], hidden: int, share: bool, out_std):
+        super().__init__()
+        self.n_agents, self.share = n_agents, share
+        if share:
+            self.net = mlp([max(in_dims) + n_agents], hidden, [max(out_dims)], out_std)
+        else:
+            self.net = mlp(in_dims, hidden, out_dims, out_std)
+        self.register_buffer("agent_ids", torch.eye(n_agents))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        if self.share:
+            x = torch.cat([x, self.agent_ids.expand(B, N, N)], -1).reshape(1, B * N, -1)
+            return self.net(x).reshape(B, N, -1)
+        return self.net(x.transpose(0, 1)).transpose(0, 1)
+
+
+class Actor(nn.Module):
+    """mu_i(o_i): pre-activations [B, N, act_size] (logits if discrete, pre-tanh if continuous)."""
+
+    def __init__(self, env, hidden: int, share: bool):
+        super().__init__()
+        act_dims = env.act_dims
+        self.net = AgentNets(env.n_agents, env.obs_dims, act_dims, hidden, share, out_std=0.01)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class Critic(nn.Module):
+    """Q_i(x, a_1..a_N) for every agent i: x [B, x_dim], joint actions [B, N, N * act_size] (the
+    joint action seen by agent i's critic, which may differ per i in the actor loss) -> [B, N]."""
+
+    def __init__(self, env, x_dim: int, act_size: int, hidden: int, share: bool):
+        super().__init__()
+        N = env.n_agents
+        in_dim = x_dim + N * act_size
+        self.net = AgentNets(N, [in_dim] * N, [1] * N, hidden, share, out_std=1.0)
+
+    def forward(self, x: torch.Tensor, joint_actions: torch.Tensor) -> torch.Tensor:
+        N = joint_actions.shape[1]
+        inputs = torch.cat([x[:, None].expand(-1, N, -1), joint_actions], -1)
+        return self.net(inputs)[..., 0]
+
+
+# ------------------------------------------------------------------- pure functions
+def gumbel_softmax_st(logits, avail, temperature=1.0, gumbel_noise=None):
+    """Straight-through Gumbel-softmax over the available actions.
+
+    Forward: exactly one-hot at argmax((logits + g) / T) (never an unavailable action);
+    backward: the gradient of the soft sample softmax((logits + g) / T). `gumbel_noise` g ~
+    Gumbel(0, 1) is drawn when not given.
+    """
+    logits = logits.masked_fill(~avail, -1e10)
+    if gumbel_noise is None:
+        gumbel_noise = -torch.empty_like(logits).exponential_().log()
+    y_soft = F.softmax((logits + gumbel_noise) / temperature, dim=-1)
+    y_hard = F.one_hot(y_soft.argmax(-1), logits.shape[-1]).to(logits.dtype)
+    # y_soft - y_soft.detach() is exactly 0 forward and passes the soft gradient backward
+    return y_hard + (y_soft - y_soft.detach())
+
+
+def greedy_one_hot(logits, avail):
+    """One-hot of the best available action (target actions, evaluation)."""
+    logits = logits.masked_fill(~avail, -1e10)
+    return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+
+
+def td_target(reward, terminated, next_q, gamma):
+    """y = r + gamma * (1 - terminated) * Q'(x', a'): reward, terminated [B]; next_q [B, N].
+    Truncated transitions are not terminated: they bootstrap (from the final obs/state)."""
+    return reward[:, None] + gamma * (1.0 - terminated[:, None]) * next_q
+
+
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """theta' <- tau * theta + (1 - tau) * theta' for every parameter."""
+    with torch.no_grad():
+        for tp, p in zip(target.parameters(), online.parameters()):
+            tp.mul_(1.0 - tau).add_(p, alpha=tau)
+
+
+def joint_actions_for_actor_loss(u_pi, u_others):
+    """The joint action seen by critic i in agent i's loss: a_j = u_pi_j if j == i else u_others_j.
+
+    u_pi, u_others [B, N, A] -> [B, N(critic i), N * A]; gradients flow only through u_pi_i.
+    """
+    B, N, A = u_pi.shape
+    eye = torch.eye(N, device=u_pi.device)[None, :, :, None]  # [1, i, j, 1]
+    joint = eye * u_pi[:, None] + (1.0 - eye) * u_others[:, None]
+    return joint.reshape(B, N, N * A)
+
+
+def noise_std(args: Args, global_step: int) -> float:
+    """Exploration noise std (continuous): linear from exploration_noise to exploration_noise_final
+    over exploration_fraction * total_timesteps, constant afterwards."""
+    frac = min(1.0, global_step / max(1.0, args.exploration_fraction * args.total_timesteps))
+    return args.exploration_noise + frac * (args.exploration_noise_final - args.exploration_noise)
+
+
+# --------------------------------------------------------------------- replay buffer
+class ReplayBuffer:
+    """Numpy ring buffer of transitions (o, x, avail, u, r, o', x', avail', terminated, alive).
+
+    u are the critic's action features: one-hot (discrete) or normalised to [-1, 1] (continuous).
+    """
+
+    def __init__(self, capacity: int, shapes: dict[str, tuple], dtypes: dict[str, type], seed: int):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.data = {k: np.zeros((capacity, *shape), dtypes.get(k, np.float32)) for k, shape in shapes.items()}
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, **rows: np.ndarray) -> None:
+        n = len(next(iter(rows.values())))
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for k, v in rows.items():
+            self.data[k][idx] = v
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+        idx = self.rng.integers(0, self.size, batch_size)
+        return {k: torch.as_tensor(v[idx], device=device) for k, v in self.data.items()}
+
+
+# ----------------------------------------------------------------- acting helpers
+class Policy:
+    """Turns the actor's output into env actions and critic action features (u)."""
+
+    def __init__(self, env, device):
+        self.discrete, self.device = env.discrete, device
+        if not env.discrete:
+            self.low = torch.as_tensor(env.act_low, device=device)
+            self.high = torch.as_tensor(env.act_high, device=device)
+            mask = np.zeros((env.n_agents, env.act_dim), np.float32)
+            for i, d in enumerate(env.act_dims):
+                mask[i, :d] = 1.0
+            self.act_mask = torch.as_tensor(mask, device=device)  # padded continuous dims -> 0
+
+    def features(self, pre, avail=None, explore=False, temperature=1.0, sigma=0.0):
+        """u: continuous tanh(pre) (+ clipped noise), padded dims 0; discrete one-hot (Gumbel ST if explore)."""
+        if self.discrete:
+            return gumbel_softmax_st(pre, avail, temperature) if explore else greedy_one_hot(pre, avail)
+        u = torch.tanh(pre)
+        if explore and sigma > 0:
+            u = (u + sigma * torch.randn_like(u)).clamp(-1.0, 1.0)
+        return u * self.act_mask
+
+    def to_env(self, u: torch.Tensor) -> np.ndarray:
+        if self.discrete:
+            return u.argmax(-1).cpu().numpy()
+        return (self.low + (u + 1.0) * 0.5 * (self.high - self.low)).cpu().numpy()
+
+
+def critic_x(batch_state, batch_obs, critic_input: str):
+    """The critic's global input x: the state, or all observations concatenated."""
+    return batch_state if critic_input == "state" else batch_obs.flatten(1)
+
+
+def make_eval_env(args: Args, video: bool):
+    """The separate evaluation env: one env rendering frames for a video, else up to 8."""
+    kwargs = {"render_mode": "rgb_array"} if video else {}
+    num_envs = 1 if video else min(args.eval_episodes, 8)
+    return envs.make(args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **kwargs)
+
+
+def evaluate(env, actor, policy, args: Args, device, video_path: str | None = None) -> dict[str, float]:
+    """Greedy evaluation (no noise; argmax over available actions) until eval_episodes episodes end.
+    With `video_path` (env made by make_eval_env(args, True)): the first episode's frames go to a gif."""
+    returns, wins, video = [], [], None
+    if video_path:
+        os.makedirs(os.path.dirname(video_path), exist_ok=True)
+        video = imageio.get_writer(video_path, mode="I", duration=1 / 25)
+    batch = env.reset()
+    while len(returns) < args.eval_episodes:
+        if video is not None and not returns:
+            video.append_data(np.asarray(env.render()))
+        with torch.no_grad():
+            obs = torch.as_tensor(batch["obs"], device=device)
+            avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+            u = policy.features(actor(obs), avail)
+        batch, _, terminated, truncated, info = env.step(policy.to_env(u))
+        for e in np.flatnonzero(terminated | truncated):
+            returns.append(float(info["episode"]["return"][e]))
+            if "win" in env.metric_names:
+                wins.append(float(info["episode"]["win"][e]))
+    if video is not None:
+        video.close()
+    returns, wins = returns[: args.eval_episodes], wins[: args.eval_episodes]
+    return {"return": float(np.mean(returns)), "win_rate": float(np.mean(wins)) if wins else float("nan")}
+
+
+# ------------------------------------------------------------------------- checks
+def check_args(args: Args) -> None:
+    envs.family(args.env_id)  # unknown ids raise a ValueError listing the valid ones
+    if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
+        raise ValueError(f"capture_video is supported for MA-MuJoCo and MPE only, not {args.env_id}")
+    if args.critic_input not in ("state", "obs"):
+        raise ValueError(f"--critic-input must be 'state' or 'obs', got {args.critic_input!r}")
+    for name in ("num_envs", "batch_size", "buffer_size", "train_freq", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 < args.tau <= 1.0:
+        raise ValueError(f"--tau must be in (0, 1], got {args.tau}")
+
+
+def load_checkpoint(args: Args, device):
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved maddpg .pt file")
+    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
+    algo = ckpt.get("algo", "?")
+    if algo != "maddpg":
+        raise ValueError(
+            f"{args.checkpoint} was saved by {algo}.py; evaluate it with: "
+            f"python {algo}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
+        )
+    if ckpt["env_id"] != args.env_id:
+        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
+    return ckpt
+
+
+# -------------------------------------------------------------------------- training
+def train(args: Args) -> dict:
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # --- evaluate a saved model
+    if args.checkpoint:
+        ckpt = load_checkpoint(args, device)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__})
+        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
+        video = os.path.join(run_dir, "videos", "eval_checkpoint.gif") if args.capture_video else None
+        with make_eval_env(args, video is not None) as eval_env:
+            actor = Actor(eval_env, saved.hidden_dim, saved.share_params).to(device)
+            actor.load_state_dict(ckpt["model"]["actor"])
+            result = evaluate(eval_env, actor, Policy(eval_env, device), args, device, video)
+        print(f"checkpoint {args.checkpoint}: eval return {result['return']:.3f}")
+        return {
+            "run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
+            "eval_return": result["return"], "eval_win_rate": result["win_rate"],
+        }  # fmt: skip
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    E, N = env.num_envs, env.n_agents
+    act_size = env.n_actions if env.discrete else env.act_dim
+    x_dim = env.state_dim if args.critic_input == "state" else N * env.obs_dim
+    args.num_iterations = args.total_timesteps // E
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    # --- networks: actor, centralised critic, their targets
+    actor = Actor(env, args.hidden_dim, args.share_params).to(device)
+    critic = Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device)
+    target_actor = Actor(env, args.hidden_dim, args.share_params).to(device)
+    target_critic = Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device)
+    target_actor.load_state_dict(actor.state_dict())
+    target_critic.load_state_dict(critic.state_dict())
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, eps=1e-5)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, eps=1e-5)
+    policy = Policy(env, device)
+
+    # --- replay buffer
+    shapes = {
+        "obs": (N, env.obs_dim), "state": (env.state_dim,), "u": (N, act_size), "reward": (), "terminated": (),
+        "next_obs": (N, env.obs_dim), "next_state": (env.state_dim,), "alive": (N,),
+    }  # fmt: skip
+    dtypes = {"alive": bool}
+    if env.discrete:
+        shapes.update(avail=(N, act_size), next_avail=(N, act_size))
+        dtypes.update(avail=bool, next_avail=bool)
+    rb = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps, E)), shapes, dtypes, args.seed)
+    all_avail = env.pad_avail[None] if env.discrete else None  # next avail of an ended episode (unknown)
+
+    def update() -> dict[str, torch.Tensor]:
+        b = rb.sample(args.batch_size, device)
+        alive = b["alive"].float()
+        n_alive = alive.sum().clamp(min=1.0)
+        # critic: TD target from the target actor and target critic (eq. 6 of the paper)
+        with torch.no_grad():
+            pre_next = target_actor(b["next_obs"])
+            u_next = policy.features(pre_next, b.get("next_avail"))
+            B = u_next.shape[0]
+            q_next = target_critic(critic_x(b["next_state"], b["next_obs"], args.critic_input),
+                                   u_next.reshape(B, 1, -1).expand(-1, N, -1))  # fmt: skip
+            y = td_target(b["reward"], b["terminated"], q_next, args.gamma)
+        x = critic_x(b["state"], b["obs"], args.critic_input)
+        q = critic(x, b["u"].reshape(B, 1, -1).expand(-1, N, -1))
+        qf_loss = (((q - y) ** 2) * alive).sum() / n_alive
+        critic_opt.zero_grad()
+        qf_loss.backward()
+        nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+        critic_opt.step()
+
+        # actor: deterministic policy gradient through Q_i(x, ..., mu_i(o_i), ...) (eq. 5)
+        pre = actor(b["obs"])
+        u_pi = policy.features(pre, b.get("avail"), explore=env.discrete, temperature=args.gumbel_temperature)
+        u_others = b["u"] if args.others_from_buffer else u_pi.detach()
+        q_pi = critic(x, joint_actions_for_actor_loss(u_pi, u_others))
+        if env.discrete:
+            reg = (pre**2 * b["avail"]).sum() / b["avail"].sum()
+        else:
+            reg = (pre**2 * policy.act_mask).sum() / (policy.act_mask.sum() * B)
+        actor_loss = -(q_pi * alive).sum() / n_alive + args.actor_reg * reg
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+        actor_opt.step()
+
+        polyak_update(target_critic, critic, args.tau)
+        polyak_update(target_actor, actor, args.tau)
+        return {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach(), "qf_values": q.detach().mean()}
+
+    # --- the off-policy loop
+    recent_returns, recent_wins = deque(maxlen=20), deque(maxlen=20)
+    losses, global_step, start_time, last_print = {}, 0, time.time(), 0.0
+    next_eval = args.eval_interval if args.eval_interval > 0 else None
+    batch = env.reset()
+    for iteration in range(1, args.num_iterations + 1):
+        global_step += E
+        with torch.no_grad():
+            obs_t = torch.as_tensor(batch["obs"], device=device)
+            avail_t = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+            if global_step <= args.learning_starts:  # uniform random actions (CleanRL's DDPG warm-up)
+                if env.discrete:
+                    u = greedy_one_hot(torch.rand(avail_t.shape, device=device), avail_t)
+                else:
+                    u = (torch.rand((E, N, act_size), device=device) * 2 - 1) * policy.act_mask
+            else:
+                sigma = noise_std(args, global_step)
+                u = policy.features(actor(obs_t), avail_t, True, args.gumbel_temperature, sigma)
+        next_batch, reward, terminated, truncated, info = env.step(policy.to_env(u))
+
+        # store (o, x, u, r, o', x') with the final obs/state of ended episodes as o', x'
+        row = {
+            "obs": batch["obs"], "state": batch["state"], "u": u.cpu().numpy(), "reward": reward,
+            "terminated": terminated.astype(np.float32), "next_obs": info["final_obs"],
+            "next_state": info["final_state"], "alive": batch["alive"],
+        }  # fmt: skip
+        if env.discrete:
+            done = (terminated | truncated)[:, None, None]
+            row.update(avail=batch["avail"], next_avail=np.where(done, all_avail, next_batch["avail"]))
+        rb.add(**row)
+        batch = next_batch
+
+        if "episode" in info:
+            for e in np.flatnonzero(terminated | truncated):
+                recent_returns.append(float(info["episode"]["return"][e]))
+                writer.add_scalar("charts/episodic_return", info["episode"]["return"][e], global_step)
+                writer.add_scalar("charts/episodic_length", info["episode"]["length"][e], global_step)
+                if "win" in env.metric_names:
+                    recent_wins.append(float(info["episode"]["win"][e]))
+                    writer.add_scalar("charts/win_rate", info["episode"]["win"][e], global_step)
+
+        if global_step > args.learning_starts and rb.size >= args.batch_size and iteration % args.train_freq == 0:
+            for _ in range(args.gradient_steps):
+                losses = update()
+
+        if next_eval is not None and global_step >= next_eval:
+            next_eval += args.eval_interval
+            video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+            with make_eval_env(args, video is not None) as eval_env:
+                ev = evaluate(eval_env, actor, policy, args, device, video)
+            writer.add_scalar("eval/episodic_return", ev["return"], global_step)
+            if "win" in env.metric_names:
+                writer.add_scalar("eval/win_rate", ev["win_rate"], global_step)
+
+        if time.time() - last_print > 5.0 or iteration == args.num_iterations:
+            last_print = time.time()
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/learning_rate", args.actor_lr, global_step)
+            if not env.discrete:
+                writer.add_scalar("charts/exploration_noise", noise_std(args, global_step), global_step)
+            for k, v in losses.items():
+                writer.add_scalar(f"losses/{k}", v.item(), global_step)
+            ret = np.mean(recent_returns) if recent_returns else float("nan")
+            print(f"global_step={global_step}, SPS={sps}, episodic_return={ret:.3f}")
+
+    # --- final evaluation, save
+    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+    with make_eval_env(args, video is not None) as eval_env:
+        ev = evaluate(eval_env, actor, policy, args, device, video)
+    writer.add_scalar("eval/episodic_return", ev["return"], global_step)
+    if "win" in env.metric_names:
+        writer.add_scalar("eval/win_rate", ev["win_rate"], global_step)
+    print(f"eval: return {ev['return']:.3f} over {args.eval_episodes} episodes")
+    model_path = None
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        nets = {"actor": actor, "critic": critic, "target_actor": target_actor, "target_critic": target_critic}
+        model = {k: m.state_dict() for k, m in nets.items()}
+        torch.save({"algo": "maddpg", "env_id": args.env_id, "args": asdict(args), "model": model}, model_path)
+        print(f"model saved to {model_path}")
+    env.close()
+    writer.close()
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+        "eval_return": ev["return"],
+        "eval_win_rate": ev["win_rate"],
+    }
+
+
+if __name__ == "__main__":
+    train(tyro.cli(Args))
