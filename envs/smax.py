@@ -1,0 +1,253 @@
+"""SMAC-like battles: JaxMARL's SMAX (`smax-<map>`), batched with `jax.vmap` and `jax.jit` on CPU.
+
+The learners control the allied units; the enemy team plays JaxMARL's built-in heuristic
+(`HeuristicEnemySMAX`, as in JaxMARL's SMAX benchmarks). Per step (for the whole batch, in
+one jitted call): every env steps, the envs whose battle ended are reset in place
+(`jnp.where` on the state tree), and the key in the env object is split.
+
+- obs: each ally's SMAX "unit_list" observation (other units' features, then its own).
+- state: JaxMARL's world state, the features of every unit (health fraction, position,
+  weapon cooldown, unit-type one-hot; zeros for dead units), then every unit's team and type
+  (`SMAX.get_world_state`, as JaxMARL's MAPPO uses it): 12 * (allies + enemies) numbers.
+- actions: 0-3 move (SMAX's four diagonal directions), 4 stop (the only action of a dead
+  unit, SMAC's "no-op"), 5 + j attack enemy j (available while j is alive and in range).
+- reward: the team reward of the allies: the enemies' health lost this step / enemy count,
+  plus 1 when the battle is won (`won_battle_bonus`).
+- terminated: one side eliminated. truncated: the step limit reached with both sides alive.
+  SMAX's limit is `max_steps` (default 100 on every map, unlike SMAC's per-map limits), but
+  it tests the step counter before incrementing it, so a timed-out battle lasts max_steps + 1
+  = 101 steps (`episode_limit`). SMAX marks both endings as `done`; they are told apart here
+  by who is still alive.
+- info["episode"]["win"]: 1.0 when every enemy died while an ally lived (SMAX can end in a
+  draw when the last units kill each other in the same step; a draw is not a win).
+
+Options of `make` go to `HeuristicEnemySMAX` / `SMAX` (e.g. `max_steps=200`,
+`attack_mode="random"`, `see_enemy_actions=False`, `observation_type="conic"`).
+Compiled functions are cached per (map, options) in the process, and jax's persistent
+compilation cache (`~/.cache/marl-envs/jax`, or $MARL_JAX_CACHE_DIR; empty string disables it)
+makes later processes start faster. jax runs on the CPU (JAX_PLATFORMS=cpu is set unless the
+user has set it) and does not preallocate memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.core import MultiAgentVecEnv, require
+
+_JAX_PIP = "jax jaxmarl"
+_CACHE: dict[tuple, Any] = {}  # (map, options) -> _Compiled
+
+
+def _import_jax(env_id: str):
+    """Import jax (on the CPU, without preallocation) and JaxMARL's SMAX, quietly."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    jax = require("jax", _JAX_PIP, env_id)
+    cache_dir = os.environ.get("MARL_JAX_CACHE_DIR", os.path.expanduser("~/.cache/marl-envs/jax"))
+    if cache_dir and not jax.config.jax_compilation_cache_dir:
+        try:
+            jax.config.update("jax_compilation_cache_dir", cache_dir)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        except Exception:  # an old jax without the persistent cache: compile every time
+            pass
+    # jaxmarl prints on import, after something it imports has set sys.stdout = sys.__stdout__
+    # (which would also undo pytest's / a notebook's capture): silence both, then restore them
+    stdout, dunder = sys.stdout, sys.__stdout__
+    sys.stdout = sys.__stdout__ = io.StringIO()
+    try:
+        smax = require("jaxmarl.environments.smax", "jaxmarl", env_id)
+    finally:
+        sys.stdout, sys.__stdout__ = stdout, dunder
+    return jax, smax
+
+
+class _Compiled:
+    """One SMAX scenario and its jitted, vmapped reset / step (shared by every env of a map)."""
+
+    def __init__(self, env_id: str, map_name: str, options: dict):
+        jax, smax = _import_jax(env_id)
+        import jax.numpy as jnp
+
+        self.jax = jax
+        self.cpu = jax.devices("cpu")[0]
+        env = smax.HeuristicEnemySMAX(scenario=smax.map_name_to_scenario(map_name), **options)
+        self.env = env
+        allies, n_allies = env.agents, env.num_allies
+
+        def strong(tree):
+            # reset leaves built from python scalars are weak-typed; step outputs are not, so
+            # without this cast the jitted step would compile twice
+            return jax.tree.map(lambda x: x.astype(x.dtype), tree)
+
+        def views(obs, state):
+            """Contract arrays of one env: obs [N, obs_dim], state [S], avail [N, A], alive [N]."""
+            avail = env.get_avail_actions(state)
+            return (
+                jnp.stack([obs[a] for a in allies]).astype(jnp.float32),
+                obs["world_state"].astype(jnp.float32),
+                jnp.stack([avail[a] for a in allies]).astype(bool),
+                state.state.unit_alive[:n_allies],
+            )
+
+        def reset_one(key):
+            obs, state = env.reset(key)
+            state = strong(state)
+            return state, views(obs, state)
+
+        def step_one(key, state, actions):
+            obs, state, rewards, _, _ = env.step_env(key, state, {a: actions[i] for i, a in enumerate(allies)})
+            alive = state.state.unit_alive
+            allies_dead = ~alive[:n_allies].any()
+            enemies_dead = ~alive[n_allies:].any()
+            terminated = allies_dead | enemies_dead
+            truncated = state.state.done & ~terminated  # SMAX's done = terminated | step >= max_steps
+            win = (enemies_dead & ~allies_dead).astype(jnp.float32)
+            reward = rewards[allies[0]].astype(jnp.float32)  # every ally gets the team reward
+            return state, views(obs, state), (reward, terminated, truncated, win)
+
+        def reset_batch(key, num_envs):
+            return jax.vmap(reset_one)(jax.random.split(key, num_envs))
+
+        def step_batch(key, state, actions):
+            key, k_step, k_reset = jax.random.split(key, 3)
+            E = actions.shape[0]
+            state, final, out = jax.vmap(step_one)(jax.random.split(k_step, E), state, actions)
+            done = state.state.done
+
+            # same-step auto-reset: replace the ended envs by fresh ones, keep their last obs/state
+            # (a batch-level cond, so that steps where no battle ended skip the reset's work)
+            def auto_reset(state):
+                new_state, first = reset_batch(k_reset, E)
+                pick = lambda r, s: jnp.where(done.reshape(done.shape + (1,) * (s.ndim - 1)), r, s)
+                return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
+
+            state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
+            return key, state, batch, (*out, final[0], final[1])
+
+        self.reset = jax.jit(reset_batch, static_argnums=1)
+        self.step = jax.jit(step_batch)
+        self.warm: set[int] = set()  # batch sizes already compiled
+
+    def warm_up(self, num_envs: int) -> None:
+        """Compile reset and step for this batch size (once per process, per batch size)."""
+        if num_envs in self.warm:
+            return
+        key = self.jax.device_put(self.jax.random.key(0), self.cpu)
+        state, batch = self.reset(key, num_envs)
+        actions = np.full((num_envs, self.env.num_allies), self.env.num_movement_actions - 1, np.int32)
+        self.jax.block_until_ready(self.step(key, state, actions))
+        self.warm.add(num_envs)
+
+
+def _compiled(env_id: str, map_name: str, options: dict) -> _Compiled:
+    key = (map_name, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    if key not in _CACHE:
+        _CACHE[key] = _Compiled(env_id, map_name, options)
+    return _CACHE[key]
+
+
+class SMAXVecEnv(MultiAgentVecEnv):
+    """`num_envs` SMAX battles of one map, stepped together in one jitted call."""
+
+    metric_names = ("win",)
+
+    def __init__(self, env_id: str, num_envs: int = 1, seed: int | None = None, **options):
+        map_name = env_id[len("smax-") :]
+        from envs import SMAX_IDS
+
+        if env_id not in SMAX_IDS:
+            raise ValueError(f"unknown SMAX id {env_id!r}. Valid ids: {', '.join(SMAX_IDS)}")
+        if options.get("action_type", "discrete") != "discrete":
+            raise ValueError(
+                f"{env_id}: only discrete SMAX actions are supported (got action_type={options['action_type']!r})"
+            )
+        self.env_id, self.num_envs = env_id, num_envs
+        self.c = _compiled(env_id, map_name, options)
+        env = self.c.env
+        self.n_agents = env.num_allies
+        self.n_enemies = env.num_enemies
+        # SMAX ends a battle when the step counter *before* the step is >= max_steps, so a
+        # timed-out episode has max_steps + 1 steps
+        self.episode_limit = int(env.max_steps) + 1
+        self.observation_spaces = [
+            gym.spaces.Box(-np.inf, np.inf, (env.obs_size,), np.float32) for _ in range(self.n_agents)
+        ]
+        self.action_spaces = [gym.spaces.Discrete(env.num_ally_actions) for _ in range(self.n_agents)]
+        self.state_dim = int(env.state_size)
+        self._init_sizes()
+        self._seed = 0 if seed is None else seed
+        self._key = None
+        self._state = None
+        self._avail = None
+        self.c.warm_up(num_envs)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _np(x, dtype) -> np.ndarray:
+        return np.array(x, dtype=dtype)  # a writable copy (np.asarray of a jax array is read-only)
+
+    def _pack(self, batch) -> dict[str, np.ndarray]:
+        obs, state, avail, alive = batch
+        out = {
+            "obs": self._np(obs, np.float32),
+            "state": self._np(state, np.float32),
+            "alive": self._np(alive, bool),
+            "avail": self._np(avail, bool),
+        }
+        self._avail = out["avail"]
+        return out
+
+    # ------------------------------------------------------------------ contract
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """New battles in every env; the key comes from `seed` (make()'s seed at the first
+        reset), or, on later resets without a seed, continues the env's random stream."""
+        jax = self.c.jax
+        if seed is not None or self._key is None:
+            key = jax.device_put(jax.random.key(self._seed if seed is None else seed), self.c.cpu)
+        else:
+            key = self._key
+        key, reset_key = jax.random.split(key)
+        self._key = key
+        self._state, batch = self.c.reset(reset_key, self.num_envs)
+        self._return = np.zeros(self.num_envs)
+        self._length = np.zeros(self.num_envs, np.int64)
+        return self._pack(self.c.jax.device_get(batch))
+
+    def step(self, actions):
+        if self._state is None:
+            raise RuntimeError(f"{self.env_id}: call reset() before step()")
+        actions = self.check_actions(actions, self._avail).astype(np.int32)
+        self._key, self._state, batch, out = self.c.step(self._key, self._state, actions)
+        batch, out = self.c.jax.device_get((batch, out))  # one transfer for everything
+        reward, terminated, truncated, win, final_obs, final_state = out
+        reward = self._np(reward, np.float32)
+        terminated, truncated = self._np(terminated, bool), self._np(truncated, bool)
+        info: dict[str, Any] = {
+            "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
+            "final_obs": self._np(final_obs, np.float32),
+            "final_state": self._np(final_state, np.float32),
+        }
+        self._return += reward
+        self._length += 1
+        done = terminated | truncated
+        if done.any():
+            info["episode"] = {
+                "return": np.where(done, self._return, 0.0),
+                "length": np.where(done, self._length, 0),
+                "win": np.where(done, np.asarray(win, np.float64), 0.0),
+            }
+            self._return[done] = 0.0
+            self._length[done] = 0
+        return self._pack(batch), reward, terminated, truncated, info
+
+
+def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> SMAXVecEnv:
+    """A batch of `num_envs` SMAX battles; see the module docstring for the options."""
+    return SMAXVecEnv(env_id, num_envs, seed, **options)
