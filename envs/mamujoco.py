@@ -48,14 +48,16 @@ TASKS = {
 EPISODE_LIMIT = 1000
 
 
-def _make_parallel_env(env_id: str, agent_obsk: int, render_mode: str | None):
+def _make_parallel_env(env_id: str, agent_obsk: int, max_episode_steps: int, render_mode: str | None):
     # gymnasium-robotics prints a notice about unrelated (Adroit) envs on import
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         mamujoco_v1 = require("gymnasium_robotics", "gymnasium-robotics mujoco", env_id).mamujoco_v1
     scenario, conf, partition = TASKS[env_id]
     if partition is None:
-        return mamujoco_v1.parallel_env(scenario, conf, agent_obsk=agent_obsk, render_mode=render_mode)
+        return mamujoco_v1.parallel_env(
+            scenario, conf, agent_obsk=agent_obsk, render_mode=render_mode, max_episode_steps=max_episode_steps
+        )
     from gymnasium_robotics.envs.multiagent_mujoco.obsk import get_parts_and_edges
 
     parts, edges, globals_ = get_parts_and_edges(scenario, None)  # the whole robot as one part
@@ -66,13 +68,19 @@ def _make_parallel_env(env_id: str, agent_obsk: int, render_mode: str | None):
         "globals": globals_,
     }
     return mamujoco_v1.parallel_env(
-        scenario, conf, agent_obsk=agent_obsk, agent_factorization=factorization, render_mode=render_mode
+        scenario,
+        conf,
+        agent_obsk=agent_obsk,
+        agent_factorization=factorization,
+        render_mode=render_mode,
+        max_episode_steps=max_episode_steps,
     )
 
 
-def _make_adapter(env_id: str, agent_obsk: int, render_mode: str | None) -> ParallelEnvAdapter:
+def _make_adapter(env_id: str, agent_obsk: int, max_episode_steps: int, render_mode: str | None) -> ParallelEnvAdapter:
     # all agents receive the robot's one reward: the mean of identical rewards is that reward
-    return ParallelEnvAdapter(functools.partial(_make_parallel_env, env_id, agent_obsk, render_mode), "mean")
+    make_env = functools.partial(_make_parallel_env, env_id, agent_obsk, max_episode_steps, render_mode)
+    return ParallelEnvAdapter(make_env, "mean")
 
 
 def make(
@@ -80,13 +88,19 @@ def make(
     num_envs: int = 1,
     seed: int | None = None,
     agent_obsk: int = 1,
+    max_episode_steps: int | None = None,
     vectorization: str = "sync",
     render_mode: str | None = None,
 ) -> GymVectorMultiAgentEnv:
-    """`agent_obsk`: observation depth in the body graph; `vectorization`: "sync" or "async"
-    (one process per env); `render_mode="rgb_array"` for video (headless: MUJOCO_GL=egl)."""
+    """`agent_obsk`: observation depth in the body graph; `max_episode_steps`: truncation
+    (default EPISODE_LIMIT = 1000, read here so tests may shorten every episode by patching it);
+    `vectorization`: "sync" or "async" (one process per env); `render_mode="rgb_array"` for
+    video (headless: MUJOCO_GL=egl)."""
     require("mujoco", "mujoco", env_id)
+    if max_episode_steps is None:
+        max_episode_steps = EPISODE_LIMIT
     if render_mode is not None:
         os.environ.setdefault("MUJOCO_GL", "egl")
-    fns = [functools.partial(_make_adapter, env_id, agent_obsk, render_mode) for _ in range(num_envs)]
-    return GymVectorMultiAgentEnv(env_id, fns, vectorization, seed, episode_limit=EPISODE_LIMIT)
+    make_one = functools.partial(_make_adapter, env_id, agent_obsk, max_episode_steps, render_mode)
+    fns = [make_one] * num_envs
+    return GymVectorMultiAgentEnv(env_id, fns, vectorization, seed, episode_limit=max_episode_steps)
