@@ -515,7 +515,7 @@ def train(args: Args) -> dict:
         pi, entropy = torch.stack(pis), torch.stack(ents)  # [T, E, N, A], [T, E, N]
         with torch.no_grad():
             q_values = critic(x_t).view(T, E, N, A)
-        advantage, baseline, _ = coma_advantage(q_values, pi, act_b)
+        advantage, baseline, q_taken = coma_advantage(q_values, pi, act_b)
         log_pi = torch.log(pi.gather(-1, act_b[..., None]).squeeze(-1).clamp(min=1e-10))
         mask = alive_b
         pg_loss = -(advantage * log_pi * mask).sum() / mask.sum().clamp(min=1)
@@ -541,7 +541,8 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/critic_loss", critic_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/q_taken_mean", targets.mean().item(), global_step)
+        writer.add_scalar("losses/q_taken_mean", q_taken.mean().item(), global_step)
+        writer.add_scalar("losses/target_mean", targets.mean().item(), global_step)
         writer.add_scalar("losses/advantage_abs", advantage.abs().mean().item(), global_step)
         writer.add_scalar("losses/actor_grad_norm", float(grad_norm), global_step)
         if iteration % max(1, args.num_iterations // 20) == 0 or iteration == args.num_iterations:

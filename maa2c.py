@@ -1,0 +1,550 @@
+# MAA2C: Papoudakis et al., "Benchmarking Multi-Agent Deep Reinforcement Learning Algorithms in Cooperative Tasks", 2021
+"""MAA2C: Multi-Agent A2C with a centralised critic (CTDE), as benchmarked in EPyMARL.
+
+In the lecture's terms: actor loss = A2C loss (advantage policy gradient plus an entropy bonus)
+on each agent's decentralised policy pi(a_i | o_i); critic type = V-function on the global state,
+V(s), made agent-specific by appending the agent's one-hot id; with parameter sharing (default,
+as in EPyMARL) one actor and one critic serve all agents, else each agent has its own pair on
+its true observation/action sizes. One gradient step per rollout: no ratio, no clipping, no
+epochs (that is what separates it from MAPPO).
+
+    A_t^i = GAE(lambda) over delta_t^i = r_t + gamma * V(s_{t+1}, i) - V(s_t, i)
+    L_actor = -E[log pi(a_i | o_i) * A] - c_ent * H[pi]
+    L_critic = E[(V(s, i) - R)^2] on normalised targets R (ValueNorm)
+
+Reference implementation: EPyMARL (`maa2c.yaml`, `ActorCriticLearner` with the `cv_critic`).
+Kept from it: the shared team reward, parameter sharing with the agent id, a centralised
+V(s) critic, lr 5e-4 for actor and critic (separate Adam optimisers), entropy 0.01, gamma 0.99,
+gradient-norm clipping at 10, hidden width 128, masked categorical actions.
+
+Deliberate differences from EPyMARL (most of them the MAPPO paper's implementation details,
+which the issue asks for in every file of the family):
+- GAE(lambda = 0.95) advantages and returns instead of EPyMARL's 5-step returns
+  (`q_nstep: 5`); truncated episodes bootstrap from V(final state) (info["final_state"]).
+- Value normalisation with running statistics (the MAPPO paper's ValueNorm) instead of
+  EPyMARL's reward standardisation (`standardise_rewards`), and advantage normalisation over
+  the batch (EPyMARL uses raw advantages).
+- No target critic (EPyMARL bootstraps from a soft-updated target critic, tau 0.01): GAE uses the
+  critic's values from the rollout, as in A2C/PPO.
+- MLP networks instead of EPyMARL's GRU agents; input LayerNorm, orthogonal init (gain 0.01 on
+  the policy head), ReLU, Adam eps 1e-5 (EPyMARL: PyTorch defaults).
+- Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
+  episodes (10 episodes); episodes may span rollouts.
+- Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the losses.
+- Continuous actions (EPyMARL's A2C is discrete only): Gaussian with a learned
+  state-independent log-std initialised at 0; the sample is clipped to the action bounds only
+  when sent to the env (log-probs use the unclipped sample), padded action dims are excluded
+  from log-probs and entropy.
+"""
+
+import dataclasses
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import imageio
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Categorical, Normal
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, cuda will be used when available"""
+    env_id: str = "mpe-spread"
+    """the id of the environment (see `envs.ids()`)"""
+    total_timesteps: int = 300_000
+    """total env steps (of the whole batch of envs) of the experiment"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    capture_video: bool = False
+    """if toggled, save a gif of the first greedy evaluation episode (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """if toggled, save the model (weights, args, value-normaliser statistics) to the run folder"""
+    eval_episodes: int = 10
+    """the number of episodes of each greedy evaluation"""
+    eval_interval: int = 50_000
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model to evaluate instead of training"""
+    share_params: bool = True
+    """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
+
+    # Algorithm specific arguments
+    num_steps: int = 25
+    """the number of steps per env in each rollout (one update per rollout)"""
+    learning_rate: float = 5e-4
+    """the learning rate of the actor optimizer"""
+    critic_learning_rate: float = 5e-4
+    """the learning rate of the critic optimizer"""
+    anneal_lr: bool = False
+    """if toggled, linearly anneal the learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of GAE(lambda)"""
+    norm_adv: bool = True
+    """if toggled, normalise the advantages over the batch"""
+    value_norm: bool = True
+    """if toggled, normalise the value targets with running statistics (the MAPPO paper's ValueNorm)"""
+    ent_coef: float = 0.01
+    """the coefficient of the entropy bonus"""
+    vf_coef: float = 1.0
+    """the coefficient of the value loss"""
+    max_grad_norm: float = 10.0
+    """the maximum norm of the gradient of each network"""
+    hidden_dim: int = 128
+    """the width of the two hidden layers of the actor and the critic"""
+    feature_norm: bool = True
+    """if toggled, apply a LayerNorm to the network inputs (the MAPPO paper's feature normalisation)"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """the env steps per rollout (filled in at runtime)"""
+    num_iterations: int = 0
+    """the number of rollouts (filled in at runtime)"""
+
+
+# ----------------------------------------------------------------------------- networks
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, feature_norm: bool, out_std: float) -> nn.Sequential:
+    """[LayerNorm] -> Linear -> ReLU -> Linear -> ReLU -> Linear, orthogonally initialised."""
+    return nn.Sequential(
+        *([nn.LayerNorm(in_dim)] if feature_norm else []),
+        layer_init(nn.Linear(in_dim, hidden_dim)),
+        nn.ReLU(),
+        layer_init(nn.Linear(hidden_dim, hidden_dim)),
+        nn.ReLU(),
+        layer_init(nn.Linear(hidden_dim, out_dim), std=out_std),
+    )
+
+
+class ValueNorm(nn.Module):
+    """Running mean/std of the value targets (the MAPPO paper's ValueNorm, on-policy/utils/valuenorm.py).
+
+    Exponential moving averages of the mean and the mean square with weight beta, de-biased like
+    Adam's moments; the critic learns normalised targets and its output is de-normalised for GAE.
+    """
+
+    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5):
+        super().__init__()
+        self.beta, self.epsilon = beta, epsilon
+        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debiasing_term", torch.zeros((), dtype=torch.float64))
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debiasing_term.clamp(min=self.epsilon)
+        mean, mean_sq = self.running_mean / debias, self.running_mean_sq / debias
+        return mean, (mean_sq - mean**2).clamp(min=1e-2)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.running_mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debiasing_term.mul_(self.beta).add_(1 - self.beta)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return ((x - mean) / var.sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return (x * var.sqrt() + mean).to(x.dtype)
+
+
+def masked_categorical(logits: torch.Tensor, avail: torch.Tensor) -> Categorical:
+    """A categorical over the available actions only: unavailable logits set to -1e10."""
+    return Categorical(logits=logits.masked_fill(~avail, -1e10))
+
+
+class Agent(nn.Module):
+    """Decentralised actors pi(a_i | o_i) and agent-specific centralised critics V(s, i).
+
+    With share_params: one actor on [padded o_i, onehot(i)], one critic on [s, onehot(i)].
+    Without: actor i on o_i[:obs_dims[i]] with act_dims[i] outputs, critic i on s.
+    Outputs are padded to the largest action size, so every method works on [B, N, ...].
+    """
+
+    def __init__(self, env, args: Args):
+        super().__init__()
+        self.n_agents, self.discrete, self.share = env.n_agents, env.discrete, args.share_params
+        self.obs_dims, self.act_dims = list(env.obs_dims), list(env.act_dims)
+        self.n_out = env.n_actions if env.discrete else env.act_dim
+        N, h, fn = self.n_agents, args.hidden_dim, args.feature_norm
+        if self.share:
+            self.actors = nn.ModuleList([mlp(env.obs_dim + N, self.n_out, h, fn, 0.01)])
+            self.critics = nn.ModuleList([mlp(env.state_dim + N, 1, h, fn, 1.0)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.zeros(self.n_out))])
+        else:
+            self.actors = nn.ModuleList([mlp(self.obs_dims[i], self.act_dims[i], h, fn, 0.01) for i in range(N)])
+            self.critics = nn.ModuleList([mlp(env.state_dim, 1, h, fn, 1.0) for _ in range(N)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in self.act_dims])
+        if self.discrete:
+            self.log_stds = nn.ParameterList()  # no Gaussian
+        self.register_buffer("agent_ids", torch.eye(N))
+        # 1 on an agent's true action dims, 0 on padding (continuous log-probs and entropies)
+        act_mask = torch.zeros(N, max(self.n_out, 1))
+        for i, d in enumerate(self.act_dims):
+            act_mask[i, :d] = 1.0
+        self.register_buffer("act_mask", act_mask)
+        self.value_norm = ValueNorm()
+
+    def _with_id(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, d] -> [B, N, d + N]: append the one-hot agent id."""
+        return torch.cat([x, self.agent_ids.expand(x.shape[0], -1, -1)], dim=-1)
+
+    def actor_out(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs [B, N, obs_dim] -> logits or Gaussian means [B, N, n_out] (padded with 0)."""
+        if self.share:
+            return self.actors[0](self._with_id(obs))
+        return torch.stack(
+            [F.pad(actor(obs[:, i, : self.obs_dims[i]]), (0, self.n_out - self.act_dims[i]))
+             for i, actor in enumerate(self.actors)],
+            dim=1,
+        )  # fmt: skip
+
+    def log_std(self) -> torch.Tensor:
+        """[N, n_out] (padded dims 0)."""
+        if self.share:
+            return self.log_stds[0].expand(self.n_agents, -1)
+        return torch.stack([F.pad(s, (0, self.n_out - s.shape[0])) for s in self.log_stds])
+
+    def get_value(self, state: torch.Tensor) -> torch.Tensor:
+        """state [B, state_dim] -> normalised V(s, i) [B, N]."""
+        s = state.unsqueeze(1).expand(-1, self.n_agents, -1)
+        if self.share:
+            return self.critics[0](self._with_id(s)).squeeze(-1)
+        return torch.cat([critic(s[:, i]) for i, critic in enumerate(self.critics)], dim=-1)
+
+    def dist(self, obs: torch.Tensor, avail: torch.Tensor | None):
+        out = self.actor_out(obs)
+        if self.discrete:
+            return masked_categorical(out, avail)
+        return Normal(out, self.log_std().exp())
+
+    def log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
+        """[B, N] log-probs of the joint action; padded continuous dims excluded."""
+        return dist.log_prob(action) if self.discrete else (dist.log_prob(action) * self.act_mask).sum(-1)
+
+    def entropy(self, dist) -> torch.Tensor:
+        """[B, N] entropies; padded continuous dims excluded."""
+        return dist.entropy() if self.discrete else (dist.entropy() * self.act_mask).sum(-1)
+
+    def act(self, obs, avail, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample (or take the greedy) joint action: [B, N] ints or [B, N, act_dim] floats, and its log-probs."""
+        dist = self.dist(obs, avail)
+        if greedy:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return action, self.log_prob(dist, action)
+
+
+# ------------------------------------------------------------------ the algorithm's pieces
+def compute_gae(rewards, values, next_values, terminated, dones, gamma: float, gae_lambda: float):
+    """GAE(lambda) (Schulman et al. 2016, eq. 16) with episode ends inside the rollout.
+
+    All inputs [T, ...] (same shape). values[t] = V(s_t); next_values[t] = V of the state that
+    followed step t: V(s_{t+1}), or on the last step of an episode V(final state) (used only if
+    the episode was truncated, not terminated). dones = terminated | truncated stops the sum.
+        delta_t = r_t + gamma * (1 - term_t) * next_values[t] - values[t]
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+    Returns advantages and returns (= advantages + values, the critic's targets).
+    """
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1.0 - dones[t]) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where mask is 1 (death masking)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def a2c_loss(logprob, advantages, mask):
+    """A2C actor loss: -E[log pi(a_i | o_i) * A] (the advantage policy gradient)."""
+    return -masked_mean(logprob * advantages, mask)
+
+
+# ------------------------------------------------------------------------- boilerplate
+def to_env_actions(env, action: torch.Tensor) -> np.ndarray:
+    """Clip Gaussian samples to the action bounds (only here, at the env); ints pass through."""
+    a = action.cpu().numpy()
+    return a if env.discrete else np.clip(a, env.act_low, env.act_high)
+
+
+def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) -> tuple[float, float]:
+    """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate)."""
+    if video_path is not None:
+        env = envs.make(args.env_id, num_envs=1, seed=args.seed + 10_000, render_mode="rgb_array")
+    else:
+        env = envs.make(args.env_id, num_envs=min(args.eval_episodes, 8), seed=args.seed + 10_000)
+    returns, wins, frames = [], [], []
+    try:
+        batch = env.reset()
+        while len(returns) < args.eval_episodes:
+            if video_path is not None and not returns:
+                frames.append(env.render())
+            with torch.no_grad():
+                obs = torch.as_tensor(batch["obs"], device=device)
+                avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+                action, _ = agent.act(obs, avail, greedy=True)
+            batch, _, terminated, truncated, info = env.step(to_env_actions(env, action))
+            for e in np.flatnonzero(terminated | truncated):
+                returns.append(float(info["episode"]["return"][e]))
+                if "win" in env.metric_names:
+                    wins.append(float(info["episode"]["win"][e]))
+    finally:
+        env.close()
+    if video_path is not None and frames:
+        os.makedirs(os.path.dirname(video_path), exist_ok=True)
+        imageio.mimsave(video_path, [np.asarray(f) for f in frames if f is not None])
+    returns = returns[: args.eval_episodes]
+    return float(np.mean(returns)), float(np.mean(wins[: args.eval_episodes])) if wins else float("nan")
+
+
+def check_args(args: Args) -> None:
+    family = envs.family(args.env_id)  # raises a ValueError listing the valid ids
+    if args.capture_video and family not in ("mamujoco", "mpe"):
+        raise ValueError(
+            f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})"
+        )
+    for name in ("num_envs", "num_steps", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
+def load_checkpoint(args: Args) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved <exp_name>.pt")
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    algo = ckpt.get("algo")
+    if algo != "maa2c":
+        raise ValueError(
+            f"{args.checkpoint} was saved by {algo}.py; evaluate it with: "
+            f"python {algo}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
+        )
+    if ckpt["env_id"] != args.env_id:
+        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
+    return ckpt
+
+
+def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win_rate) -> dict:
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": episodic_return,
+        "eval_return": eval_return,
+        "eval_win_rate": eval_win_rate,
+    }
+
+
+def train(args: Args) -> dict:
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # skip per-call argument checks (speed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+
+    # ---------------------------------------------------------------- evaluate a checkpoint
+    if args.checkpoint is not None:
+        ckpt = load_checkpoint(args)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+        with envs.make(args.env_id, num_envs=1, seed=args.seed) as probe:
+            agent = Agent(probe, saved).to(device)
+        agent.load_state_dict(ckpt["model"])
+        video = os.path.join(run_dir, "videos", "eval_0.gif") if args.capture_video else None
+        eval_return, eval_win = evaluate(agent, args, device, video)
+        print(f"checkpoint {args.checkpoint}: eval return {eval_return:.3f} over {args.eval_episodes} episodes")
+        return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
+
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    E, N, T = args.num_envs, env.n_agents, args.num_steps
+    args.batch_size = E * T
+    args.num_iterations = max(1, -(-args.total_timesteps // args.batch_size))  # at least total_timesteps steps
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+    )
+    agent = Agent(env, args).to(device)
+    actor_params = [*agent.actors.parameters(), *agent.log_stds.parameters()]
+    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, eps=1e-5)
+    critic_optimizer = torch.optim.Adam(agent.critics.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    # ---------------------------------------------------------------- rollout storage
+    obs_buf = torch.zeros((T, E, N, env.obs_dim), device=device)
+    state_buf = torch.zeros((T, E, env.state_dim), device=device)
+    avail_buf = torch.ones((T, E, N, max(env.n_actions, 1)), dtype=torch.bool, device=device)
+    alive_buf = torch.zeros((T, E, N), device=device)
+    act_shape = (T, E, N) if env.discrete else (T, E, N, env.act_dim)
+    actions_buf = torch.zeros(act_shape, dtype=torch.long if env.discrete else torch.float32, device=device)
+    values_buf = torch.zeros((T, E, N), device=device)  # normalised critic outputs
+    final_values_buf = torch.zeros((T, E, N), device=device)  # de-normalised V(final state) on truncation
+    rewards_buf = torch.zeros((T, E), device=device)
+    terminated_buf = torch.zeros((T, E), device=device)
+    dones_buf = torch.zeros((T, E), device=device)
+
+    def denorm(v: torch.Tensor) -> torch.Tensor:
+        return agent.value_norm.denormalize(v) if args.value_norm else v
+
+    global_step, start_time, last_print, next_eval = 0, time.time(), 0.0, args.eval_interval
+    recent_returns = deque(maxlen=20)
+    recent_wins = deque(maxlen=20)
+    batch = env.reset()
+    for iteration in range(1, args.num_iterations + 1):
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+        # ------------------------------------------------------------ rollout
+        for t in range(T):
+            global_step += E
+            obs = torch.as_tensor(batch["obs"], device=device)
+            state = torch.as_tensor(batch["state"], device=device)
+            obs_buf[t], state_buf[t] = obs, state
+            alive_buf[t] = torch.as_tensor(batch["alive"], device=device)
+            avail = None
+            if env.discrete:
+                avail = avail_buf[t] = torch.as_tensor(batch["avail"], device=device)
+            with torch.no_grad():
+                action, _ = agent.act(obs, avail)
+                values_buf[t] = agent.get_value(state)
+            actions_buf[t] = action
+            batch, reward, terminated, truncated, info = env.step(to_env_actions(env, action))
+            rewards_buf[t] = torch.as_tensor(reward, device=device)
+            terminated_buf[t] = torch.as_tensor(terminated, device=device)
+            dones_buf[t] = torch.as_tensor(terminated | truncated, device=device)
+            final_values_buf[t] = 0.0
+            if truncated.any():  # bootstrap from the last state of truncated episodes
+                rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
+                with torch.no_grad():
+                    final_state = torch.as_tensor(info["final_state"], device=device)[rows]
+                    final_values_buf[t, rows] = denorm(agent.get_value(final_state))
+            if "episode" in info:
+                done = terminated | truncated
+                ep = info["episode"]
+                recent_returns.extend(ep["return"][done].tolist())
+                writer.add_scalar("charts/episodic_return", float(ep["return"][done].mean()), global_step)
+                writer.add_scalar("charts/episodic_length", float(ep["length"][done].mean()), global_step)
+                if "win" in env.metric_names:
+                    recent_wins.extend(ep["win"][done].tolist())
+                    writer.add_scalar("charts/win_rate", float(ep["win"][done].mean()), global_step)
+
+        # ------------------------------------------------------------ GAE (de-normalised values)
+        with torch.no_grad():
+            next_value = denorm(agent.get_value(torch.as_tensor(batch["state"], device=device)))
+            values = denorm(values_buf)
+            next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+            dones = dones_buf.unsqueeze(-1)  # [T, E, 1], broadcast over agents
+            next_values = torch.where(dones.bool(), final_values_buf, next_values)
+            advantages, returns = compute_gae(
+                rewards_buf.unsqueeze(-1).expand(-1, -1, N), values, next_values,
+                terminated_buf.unsqueeze(-1).expand(-1, -1, N), dones.expand(-1, -1, N),
+                args.gamma, args.gae_lambda,
+            )  # fmt: skip
+            if args.value_norm:
+                agent.value_norm.update(returns[alive_buf.bool()])
+                targets = agent.value_norm.normalize(returns)
+            else:
+                targets = returns
+            if args.norm_adv:
+                alive = alive_buf.bool()
+                adv_mean, adv_std = advantages[alive].mean(), advantages[alive].std()
+                advantages = (advantages - adv_mean) / (adv_std.nan_to_num(0.0) + 1e-8)
+
+        # ------------------------------------------------------------ A2C update: one gradient step
+        b_obs, b_state = obs_buf.flatten(0, 1), state_buf.flatten(0, 1)
+        b_avail, mask = avail_buf.flatten(0, 1), alive_buf.flatten(0, 1)
+        dist = agent.dist(b_obs, b_avail if env.discrete else None)
+        logprob, entropy = agent.log_prob(dist, actions_buf.flatten(0, 1)), agent.entropy(dist)
+        pg_loss = a2c_loss(logprob, advantages.flatten(0, 1), mask)
+        entropy_loss = masked_mean(entropy, mask)
+        v_loss = masked_mean((agent.get_value(b_state) - targets.flatten(0, 1)) ** 2, mask)
+        loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+        actor_optimizer.zero_grad()
+        critic_optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(actor_params, args.max_grad_norm)
+        nn.utils.clip_grad_norm_(agent.critics.parameters(), args.max_grad_norm)
+        actor_optimizer.step()
+        critic_optimizer.step()
+
+        # ------------------------------------------------------------ logging
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        if time.time() - last_print > 5.0 or iteration == args.num_iterations:
+            last_print = time.time()
+            recent = np.mean(recent_returns) if recent_returns else float("nan")
+            print(f"global_step={global_step} SPS={sps} episodic_return={recent:.3f}")
+        if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
+            next_eval += args.eval_interval
+            video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+            eval_return, eval_win = evaluate(agent, args, device, video)
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+            if not np.isnan(eval_win):
+                writer.add_scalar("eval/win_rate", eval_win, global_step)
+            print(f"global_step={global_step} eval_return={eval_return:.3f}")
+
+    env.close()
+    # ---------------------------------------------------------------- final evaluation and save
+    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+    eval_return, eval_win = evaluate(agent, args, device, video)
+    writer.add_scalar("eval/episodic_return", eval_return, global_step)
+    if not np.isnan(eval_win):
+        writer.add_scalar("eval/win_rate", eval_win, global_step)
+    print(f"global_step={global_step} eval_return={eval_return:.3f}")
+    model_path = None
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        torch.save(
+            {"algo": "maa2c", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()},
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    writer.close()
+    episodic_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
+    return result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win)
+
+
+if __name__ == "__main__":
+    train(tyro.cli(Args))
