@@ -451,7 +451,7 @@ def train(args: Args) -> dict:
     for iteration in range(1, args.num_iterations + 1):
         eps = linear_schedule(args.epsilon_start, args.epsilon_finish, args.epsilon_anneal_steps, global_step)
         h0 = h.clone()
-        ended = {"return": [], "length": [], "win": []}  # episodes that end in this iteration
+        ended = {k: [] for k in ("return", "length", "win", *env.metric_names)}  # episodes ending now
         # ------------------------------------------------------------------ rollout (T steps)
         with torch.no_grad():
             obs, avail = to_t(batch["obs"], device), to_t(batch["avail"], device, torch.bool)
@@ -534,6 +534,9 @@ def train(args: Args) -> dict:
             writer.add_scalar("charts/episodic_length", np.mean(ended["length"]), global_step)
         if ended["win"]:
             writer.add_scalar("charts/win_rate", np.mean(ended["win"]), global_step)
+        for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+            if ended[name]:
+                writer.add_scalar(f"charts/{name}", np.mean(ended[name]), global_step)
         sps = int(global_step / (time.time() - start_time))
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], global_step)

@@ -635,6 +635,8 @@ def train(args: Args) -> dict:
                     recent_lengths.append(float(info["episode"]["length"][e]))
                     if "win" in env.metric_names:
                         recent_wins.append(float(info["episode"]["win"][e]))
+                    for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                        writer.add_scalar(f"charts/{name}", info["episode"][name][e], global_step)
 
         # -------------------------------------------------------- line 7: GAE advantages
         with torch.no_grad():

@@ -112,6 +112,10 @@ class Args:
     """the width of the two hidden layers of the actor and the critic"""
     feature_norm: bool = True
     """if toggled, apply a LayerNorm to the network inputs (the MAPPO paper's feature normalisation)"""
+    log_std_init: float = 0.0
+    """the initial log-std of the Gaussian policy (continuous actions)"""
+    init_mean: tuple[float, ...] = ()
+    """the initial mean of the Gaussian policy: one value, or one per agent with --no-share-params (empty: 0)"""
     torch_threads: int = 1
     """the number of CPU threads torch may use (small networks run fastest on one)"""
 
@@ -198,11 +202,19 @@ class Agent(nn.Module):
         if self.share:
             self.actors = nn.ModuleList([mlp(env.obs_dim + N, self.n_out, h, fn, 0.01)])
             self.critics = nn.ModuleList([mlp(env.state_dim + N, 1, h, fn, 1.0)])
-            self.log_stds = nn.ParameterList([nn.Parameter(torch.zeros(self.n_out))])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((self.n_out,), args.log_std_init))])
         else:
             self.actors = nn.ModuleList([mlp(self.obs_dims[i], self.act_dims[i], h, fn, 0.01) for i in range(N)])
             self.critics = nn.ModuleList([mlp(env.state_dim, 1, h, fn, 1.0) for _ in range(N)])
-            self.log_stds = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in self.act_dims])
+            self.log_stds = nn.ParameterList(
+                [nn.Parameter(torch.full((d,), args.log_std_init)) for d in self.act_dims]
+            )
+        if args.init_mean and not self.discrete:  # start the Gaussian means there (the output bias)
+            if len(args.init_mean) not in (1, N):
+                raise ValueError(f"--init-mean needs 1 or n_agents = {N} values, got {len(args.init_mean)}")
+            means = list(args.init_mean) * N if len(args.init_mean) == 1 else list(args.init_mean)
+            for actor, mean in zip(self.actors, means):
+                nn.init.constant_(actor[-1].bias, mean)
         if self.discrete:
             self.log_stds = nn.ParameterList()  # no Gaussian
         self.register_buffer("agent_ids", torch.eye(N))
@@ -333,6 +345,8 @@ def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) ->
 
 def check_args(args: Args) -> None:
     family = envs.family(args.env_id)  # raises a ValueError listing the valid ids
+    if len(args.init_mean) > 1 and args.share_params:
+        raise ValueError("one --init-mean per agent needs --no-share-params (a shared actor has one output bias)")
     if args.capture_video and family not in ("mamujoco", "mpe"):
         raise ValueError(
             f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})"
@@ -465,6 +479,8 @@ def train(args: Args) -> dict:
                 if "win" in env.metric_names:
                     recent_wins.extend(ep["win"][done].tolist())
                     writer.add_scalar("charts/win_rate", float(ep["win"][done].mean()), global_step)
+                for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                    writer.add_scalar(f"charts/{name}", float(ep[name][done].mean()), global_step)
 
         # ------------------------------------------------------------ GAE (de-normalised values)
         with torch.no_grad():

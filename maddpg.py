@@ -545,6 +545,8 @@ def train(args: Args) -> dict:
                 if "win" in env.metric_names:
                     recent_wins.append(float(info["episode"]["win"][e]))
                     writer.add_scalar("charts/win_rate", info["episode"]["win"][e], global_step)
+                for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                    writer.add_scalar(f"charts/{name}", info["episode"][name][e], global_step)
 
         if global_step > args.learning_starts and rb.size >= args.batch_size and iteration % args.train_freq == 0:
             for _ in range(args.gradient_steps):

@@ -1,7 +1,7 @@
 """Run algorithms x env ids x seeds, each as its own process, writing into runs/.
 
     python benchmark/run.py --experiment param-sharing --seeds 1 2 3 --workers 2
-    python benchmark/run.py --algos mappo ippo --env-ids mpe-spread --seeds 1 2 3 --extra=--total-timesteps=200000
+    python benchmark/run.py --algos mappo ippo --env-ids mpe-spread --seeds 1 2 3 --extra="--total-timesteps 200000"
     python benchmark/run.py --experiment mamujoco --dry-run      # only print the commands
 
 Each experiment below is the record of how a figure in the README or docs/ was made: the
@@ -62,7 +62,7 @@ def commands(args: Args) -> list[list[str]]:
             raise SystemExit("give --experiment NAME, or --algos and --env-ids")
         plan = [(a, e, []) for e in args.env_ids for a in args.algos]
     return [
-        [sys.executable, f"{algo}.py", "--env-id", env_id, "--seed", str(seed), *flags, *args.extra]
+        [sys.executable, f"{algo}.py", "--env-id", env_id, "--seed", str(seed), *flags, *shlex.split(args.extra)]
         for algo, env_id, flags in plan
         for seed in args.seeds
     ]
@@ -87,8 +87,8 @@ class Args:
     """env ids (instead of --experiment)"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds, one run each"""
-    extra: list[str] = field(default_factory=list)
-    """arguments appended to every command, e.g. --extra=--total-timesteps=200000"""
+    extra: str = ""
+    """arguments appended to every command, as one string: --extra="--total-timesteps 200000 --dec" """
     workers: int = 1
     """runs at the same time"""
     dry_run: bool = False
