@@ -5,9 +5,11 @@
 
 For each algorithm: the raw random-action env-steps/s of `envs.make(env_id, num_envs)` at the
 algorithm's own default `num_envs` (benchmark/env_sps.py), then a training run of
-`total_timesteps` steps; the training figure is the median of the `charts/SPS` values the
-run logged (env steps per second of wall time, updates included). Runs go to a temporary
-directory. Prints one line per algorithm: algo, env id, num_envs, env SPS, train SPS, ratio.
+`total_timesteps` steps; the training figure is the steady-state rate over the second half
+of the run: env steps per second of wall time between the `charts/SPS` points the run logged
+at about half time and at the end (updates included; start-up, warm-up such as MADDPG's
+random steps before learning_starts, and the final evaluation excluded). Runs go to a
+temporary directory. Prints one line per algorithm: algo, env id, num_envs, env SPS, train SPS, ratio.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -42,10 +43,13 @@ def train_sps(algo: str, env_id: str, total_timesteps: int, num_envs: int | None
         os.chdir(tmp)
         try:
             result = module.train(args)
-            sps = [v for _, v in read_scalars(result["run_dir"], "charts/SPS")]
+            points = read_scalars(result["run_dir"], "charts/SPS", with_wall_time=True)
         finally:
             os.chdir(cwd)
-    train_rate = statistics.median(sps[len(sps) // 2 :]) if sps else float("nan")  # steady state
+    train_rate = float("nan")
+    if len(points) >= 2:  # (step, cumulative SPS, wall time): the rate between half time and the end
+        (step0, _, wall0), (step1, _, wall1) = points[(len(points) - 1) // 2], points[-1]
+        train_rate = (step1 - step0) / (wall1 - wall0) if wall1 > wall0 else float("nan")
     return {"algo": algo, "env_id": env_id, "num_envs": args.num_envs, "env_sps": env_rate, "train_sps": train_rate}
 
 
