@@ -1,6 +1,7 @@
 """HAPPO (happo.py): the multi-agent advantage decomposition, the HAPPO-clip loss, GAE, and learning.
 
-The M factor chain is the same function in happo.py and hatrpo.py; it is tested here for both.
+The M factor chain and the product-game learning test are the same for happo.py and hatrpo.py;
+they are tested here for both.
 """
 
 import math
@@ -73,15 +74,20 @@ def test_probability_ratio_is_one_for_dead_agents():
 
 
 @pytest.mark.slow
-def test_happo_learns_product_game_from_the_lectures_initialisation(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "algo,step_size",
+    [(happo, {"learning_rate": 0.03}), (hatrpo, {"kl_threshold": 0.05})],
+    ids=["happo", "hatrpo"],
+)
+def test_learns_product_game_from_the_lectures_initialisation(algo, step_size, tmp_path, monkeypatch):
     # The lecture's example: Gaussian means start at -0.25 and 0.25, so the untrained joint return
     # is about -0.25 * 0.25 = -0.06; the optimum is 4 at (2, 2) or (-2, -2).
     # Measured (seed 1): eval return 4.00 after 10,000 steps (50 iterations), ~15 s on one core.
     monkeypatch.chdir(tmp_path)
-    result = happo.train(
-        happo.Args(
+    result = algo.train(
+        algo.Args(
             seed=1, env_id="product-game", init_mean=(-0.25, 0.25), num_envs=100, num_steps=2,
-            total_timesteps=10_000, learning_rate=0.03, eval_interval=0, eval_episodes=20, save_model=False,
+            total_timesteps=10_000, eval_interval=0, eval_episodes=20, save_model=False, **step_size,
         )
     )  # fmt: skip
     assert result["eval_return"] > 3.5

@@ -1,6 +1,6 @@
-"""HATRPO (hatrpo.py): conjugate gradient, the Fisher-vector product, the line search, and learning.
+"""HATRPO (hatrpo.py): conjugate gradient, the Fisher-vector product and the line search.
 
-(The M factor chain, shared with HAPPO, is tested in test_happo.py for both files.)
+(The M factor chain and the product-game learning test, shared with HAPPO, are in test_happo.py.)
 """
 
 import pytest
@@ -82,19 +82,3 @@ def test_line_search_takes_the_first_acceptable_step_or_keeps_the_old_parameters
     new, accepted, j, _, _ = hatrpo.line_search(never, params, full_step, 1.0, args)
     assert not accepted and j == 4 and len(tried) == 4
     torch.testing.assert_close(new, params)
-
-
-@pytest.mark.slow
-def test_hatrpo_learns_product_game_from_the_lectures_initialisation(tmp_path, monkeypatch):
-    # The lecture's example: Gaussian means start at -0.25 and 0.25, so the untrained joint return
-    # is about -0.25 * 0.25 = -0.06; the optimum is 4 at (2, 2) or (-2, -2).
-    # Measured (seed 1): eval return 4.00 after 10,000 steps (50 iterations), ~15 s on one core.
-    monkeypatch.chdir(tmp_path)
-    result = hatrpo.train(
-        hatrpo.Args(
-            seed=1, env_id="product-game", init_mean=(-0.25, 0.25), num_envs=100, num_steps=2,
-            total_timesteps=10_000, kl_threshold=0.05, eval_interval=0, eval_episodes=20, save_model=False,
-        )
-    )  # fmt: skip
-    assert result["eval_return"] > 3.5
-    assert result["episodic_return"] > 3.5
