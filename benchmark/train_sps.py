@@ -4,7 +4,8 @@
     python benchmark/train_sps.py --algo mappo happo mat --env-id mpe-spread --total-timesteps 20000
 
 For each algorithm: the raw random-action env-steps/s of `envs.make(env_id, num_envs)` at the
-algorithm's own default `num_envs` (benchmark/env_sps.py), then a training run of
+algorithm's own default `num_envs` (benchmark/env_sps.py; the mean of one measurement before
+and one after the training run, against drifting machine load), and a training run of
 `total_timesteps` steps; the training figure is the steady-state rate over the second half
 of the run: env steps per second of wall time between the `charts/SPS` points the run logged
 at about half time and at the end (updates included; start-up, warm-up such as MADDPG's
@@ -37,7 +38,7 @@ def train_sps(algo: str, env_id: str, total_timesteps: int, num_envs: int | None
     if num_envs is not None:
         overrides["num_envs"] = num_envs
     args = module.Args(**{k: v for k, v in overrides.items() if k in names})
-    env_rate = measure_env_sps(env_id, args.num_envs, env_steps)
+    env_before = measure_env_sps(env_id, args.num_envs, env_steps)
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
@@ -46,6 +47,7 @@ def train_sps(algo: str, env_id: str, total_timesteps: int, num_envs: int | None
             points = read_scalars(result["run_dir"], "charts/SPS", with_wall_time=True)
         finally:
             os.chdir(cwd)
+    env_rate = (env_before + measure_env_sps(env_id, args.num_envs, env_steps)) / 2  # before and after training
     train_rate = float("nan")
     if len(points) >= 2:  # (step, cumulative SPS, wall time): the rate between half time and the end
         (step0, _, wall0), (step1, _, wall1) = points[(len(points) - 1) // 2], points[-1]
