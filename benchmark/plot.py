@@ -6,8 +6,9 @@
 Run folders are named `{env_id}__{exp_name}__{seed}__{time}` (every algorithm file does so);
 runs with the same env id and exp_name are seeds of one experiment. For each env id: one PNG
 with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock time with
---x wall), and one markdown table: final value mean ± std over seeds (mean of each run's last
-10% of points), seeds, steps, wall time.
+--x wall; --smooth k for a running mean over k logged points), and one markdown table:
+final value mean ± std over seeds (mean of each run's last 10% of points), seeds, steps,
+wall time.
 """
 
 from __future__ import annotations
@@ -52,11 +53,20 @@ def collect(runs_dir: str, tag: str, env_ids: list[str] | None, exp_names: list[
     return found
 
 
-def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100) -> tuple:
-    """Interpolate every seed's curve on a common grid up to the shortest run."""
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Running mean over the last `window` points (fewer at the start)."""
+    if window <= 1:
+        return values
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.maximum(np.arange(1, len(values) + 1) - window, 0)]) / counts
+
+
+def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100, window: int = 1) -> tuple:
+    """Interpolate every seed's (smoothed) curve on a common grid up to the shortest run."""
     end = min(c[-1, x_col] for c in curves)
     grid = np.linspace(0, end, n)
-    ys = np.stack([np.interp(grid, c[:, x_col], c[:, 1]) for c in curves])
+    ys = np.stack([np.interp(grid, c[:, x_col], smoothed(c[:, 1], window)) for c in curves])
     return grid, ys.mean(0), ys.min(0), ys.max(0)
 
 
@@ -92,6 +102,8 @@ class Args:
     """x axis: 'steps' (env steps) or 'wall' (minutes)"""
     prefix: str = ""
     """file name prefix of the outputs"""
+    smooth: int = 1
+    """running mean over this many logged points before plotting (tables use the raw values)"""
 
 
 def main(args: Args) -> None:
@@ -109,7 +121,7 @@ def main(args: Args) -> None:
     for env_id, experiments in sorted(found.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for exp_name, curves in sorted(experiments.items()):
-            grid, mean, low, high = mean_curve(curves, x_col)
+            grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth)
             if x_col == 2:
                 grid = grid / 60
             ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seeds)")
