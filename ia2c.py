@@ -19,7 +19,7 @@ lr 5e-4 for actor and critic (separate Adam optimisers), entropy 0.01, gamma 0.9
 gradient-norm clipping at 10, hidden width 128, masked categorical actions.
 
 Deliberate differences from EPyMARL (most of them the MAPPO paper's implementation details,
-which the issue asks for in every file of the family):
+kept in every file of the family so that the four compare side by side):
 - GAE(lambda = 0.95) advantages and returns instead of EPyMARL's 5-step returns
   (`q_nstep: 5`); truncated episodes bootstrap from V(final obs) (info["final_obs"]).
 - Value normalisation with running statistics (the MAPPO paper's ValueNorm) instead of

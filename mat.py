@@ -52,8 +52,8 @@ Deliberate differences from the paper and its official code (PKU-MARL/Multi-Agen
   action dimension.
 - The continuous start token is (1, 0, ..., 0) with an extra "start" flag (the official
   code uses an all-zero action, which a real action of 0 cannot be told apart from).
-- MAT-Dec: the official `dec_actor` reads the raw observation; here (as our issue #6
-  specifies) the per-agent actor reads its representation ô^{i_m} and its gradient also trains
+- MAT-Dec: the official `dec_actor` reads the raw observation; here (as the lecture's
+  MAT-Dec figure shows) the per-agent actor reads its representation ô^{i_m} and its gradient also trains
   the encoder.
 - The value normaliser is updated once per rollout with all the returns (the official code
   updates it in every minibatch of every epoch, with the same data repeatedly).

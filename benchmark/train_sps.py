@@ -10,7 +10,8 @@ and one after the training run, against drifting machine load), and a training r
 of the run: env steps per second of wall time between the `charts/SPS` points the run logged
 at about half time and at the end (updates included; start-up, warm-up such as MADDPG's
 random steps before learning_starts, and the final evaluation excluded). Runs go to a
-temporary directory. Prints one line per algorithm: algo, env id, num_envs, env SPS, train SPS, ratio.
+temporary directory. Prints one line per algorithm: algo, env id, num_envs, env SPS, train SPS and
+their ratio (medians over --repeats measurements).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -67,12 +69,21 @@ class Args:
     """batch size; default: each algorithm's own default"""
     env_steps: int = 500
     """batch steps of the raw env measurement (per repeat)"""
+    repeats: int = 1
+    """measurements per algorithm; the medians of env SPS, train SPS and their ratio are printed"""
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    rows = [train_sps(a, args.env_id, args.total_timesteps, args.num_envs, args.env_steps) for a in args.algo]
+    rows = []
+    for algo in args.algo:
+        measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps)
+        runs = [train_sps(*measure) for _ in range(args.repeats)]
+        rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs) for k in ("env_sps", "train_sps")}})
+        rows[-1]["ratio"] = statistics.median(r["train_sps"] / r["env_sps"] for r in runs)
     print(f"\n{'algo':<8}{'env_id':<22}{'num_envs':>9}{'env SPS':>10}{'train SPS':>11}{'ratio':>7}")
     for r in rows:
-        ratio = r["train_sps"] / r["env_sps"]
-        print(f"{r['algo']:<8}{r['env_id']:<22}{r['num_envs']:>9}{r['env_sps']:>10,.0f}{r['train_sps']:>11,.0f}{ratio:>7.0%}")
+        print(
+            f"{r['algo']:<8}{r['env_id']:<22}{r['num_envs']:>9}{r['env_sps']:>10,.0f}{r['train_sps']:>11,.0f}"
+            f"{r['ratio']:>7.0%}"
+        )
