@@ -19,13 +19,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
-from envs.core import MultiAgentVecEnv  # noqa: E402
-
-
-def random_actions(env: MultiAgentVecEnv, batch: dict, rng: np.random.Generator) -> np.ndarray:
-    if env.discrete:
-        return np.where(batch["avail"], rng.random(batch["avail"].shape), -np.inf).argmax(-1)
-    return rng.uniform(env.act_low, env.act_high, (env.num_envs, *env.act_low.shape)).astype(np.float32)
+from envs import random_actions  # noqa: E402
 
 
 def measure_env_sps(env_id: str, num_envs: int, steps: int, repeats: int = 3, seed: int = 0, **options) -> float:

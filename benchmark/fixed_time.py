@@ -20,7 +20,7 @@ import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
-from benchmark.env_sps import random_actions  # noqa: E402
+from envs import random_actions  # noqa: E402
 
 
 def run_episodes(env_id: str, episodes: int, seed: int, fixed_ts: bool) -> dict[str, float]:

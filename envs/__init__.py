@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import importlib
 
-from envs.core import MissingDependencyError, MultiAgentVecEnv
+from envs.core import MissingDependencyError, MultiAgentVecEnv, random_actions
 
-__all__ = ["make", "ids", "family", "MultiAgentVecEnv", "MissingDependencyError"]
+__all__ = ["make", "ids", "family", "random_actions", "MultiAgentVecEnv", "MissingDependencyError"]
 
 TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game"]
 TSC_IDS = ["tsc-2x2", "tsc-4x4", "tsc-cologne8"]

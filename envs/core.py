@@ -154,6 +154,16 @@ class MultiAgentVecEnv:
         )
 
 
+def random_actions(env: MultiAgentVecEnv, batch: dict, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random valid actions for a batch: an available action per agent (discrete), or
+    a uniform sample within the bounds (continuous). For tests, benchmarks and baselines."""
+    if env.discrete:
+        # a random score per action, minus infinity where unavailable: the argmax is a valid action
+        scores = rng.random(batch["avail"].shape)
+        return np.where(batch["avail"], scores, -np.inf).argmax(-1)
+    return rng.uniform(env.act_low, env.act_high, (env.num_envs, *env.act_low.shape)).astype(np.float32)
+
+
 # ------------------------------------------------- PettingZoo parallel env -> gym.Env
 class ParallelEnvAdapter(gym.Env):
     """One PettingZoo parallel env as a gymnasium Env with padded per-agent arrays.

@@ -5,16 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import envs
-
-
-def random_actions(env: envs.MultiAgentVecEnv, batch: dict, rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random valid actions: available ones (discrete) or within the bounds."""
-    if env.discrete:
-        # a random score per action, minus infinity where unavailable, argmax picks a valid one
-        scores = rng.random(batch["avail"].shape)
-        return np.where(batch["avail"], scores, -np.inf).argmax(-1)
-    low, high = env.act_low, env.act_high
-    return rng.uniform(low, high, (env.num_envs, *low.shape)).astype(np.float32)
+from envs import random_actions
 
 
 def check_sizes(env: envs.MultiAgentVecEnv) -> None:

@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 
 import envs
+from envs import random_actions
 
 # find_spec, not importorskip: importing jaxmarl outside envs.smax prints and resets sys.stdout
 needs_jaxmarl = pytest.mark.skipif(find_spec("jaxmarl") is None, reason="jaxmarl is not installed")
 
 E = 4  # one batch size for every smax-3m env of this file: one compilation
-
-
-def random_actions(rng, avail):
-    """A uniformly random available action per agent (avail [E, N, A] bool)."""
-    p = avail / avail.sum(-1, keepdims=True)
-    return (rng.random(avail.shape[:2])[..., None] > np.cumsum(p, -1)).sum(-1)
 
 
 def set_state(env, **fields):
@@ -53,7 +48,7 @@ def test_contract_shapes_and_dtypes(env_id, env3m):
     assert batch["alive"].shape == (E_, N) and batch["alive"].all()
     batch["obs"][0, 0, 0] = 1.0  # writable, so torch.from_numpy works
     rng = np.random.default_rng(0)
-    batch, reward, term, trunc, info = env.step(random_actions(rng, batch["avail"]))
+    batch, reward, term, trunc, info = env.step(random_actions(env, batch, rng))
     assert reward.shape == (E_,) and reward.dtype == np.float32
     assert term.dtype == bool and trunc.dtype == bool and term.shape == trunc.shape == (E_,)
     assert info["final_obs"].shape == batch["obs"].shape and info["final_state"].shape == batch["state"].shape
@@ -76,7 +71,7 @@ def test_avail_masks_and_action_errors(env3m):
         env3m.step(np.zeros((E, 2), np.int64))
     rng = np.random.default_rng(1)
     for _ in range(30):  # sampling only available actions never raises
-        batch, *_ = env3m.step(random_actions(rng, batch["avail"]))
+        batch, *_ = env3m.step(random_actions(env3m, batch, rng))
 
 
 @needs_jaxmarl
@@ -86,7 +81,7 @@ def test_dead_agents_auto_reset_and_final_obs(env3m):
     batch = env3m.reset(seed=2)
     saw_dead, saw_end = False, False
     for _ in range(150):
-        batch, reward, term, trunc, info = env3m.step(random_actions(rng, batch["avail"]))
+        batch, reward, term, trunc, info = env3m.step(random_actions(env3m, batch, rng))
         dead = ~batch["alive"]
         if dead.any():
             saw_dead = True
@@ -145,7 +140,7 @@ def test_seeding_gives_identical_trajectories(env3m):
         rng = np.random.default_rng(seed)
         batch, out = env.reset(seed=seed), []
         for _ in range(40):
-            batch, reward, term, trunc, _ = env.step(random_actions(rng, batch["avail"]))
+            batch, reward, term, trunc, _ = env.step(random_actions(env, batch, rng))
             out.append((batch["obs"], batch["state"], reward, term))
         return out
 

@@ -14,19 +14,12 @@ import pytest
 
 import envs
 import envs.tsc
-from envs import MissingDependencyError
+from envs import MissingDependencyError, random_actions
 
 if importlib.util.find_spec("sumo_rl") is None or importlib.util.find_spec("libsumo") is None:
     pytest.skip("sumo-rl / libsumo not installed", allow_module_level=True)
 
 STEPS = 5  # num_seconds=25 with delta_time=5: episodes end (truncated) after 5 steps
-
-
-def random_actions(batch, rng):
-    """A uniformly random available action per agent, int64 [E, N]."""
-    avail = batch["avail"]
-    scores = rng.random(avail.shape) + avail  # available actions score in [1, 2), others in [0, 1)
-    return scores.argmax(-1).astype(np.int64)
 
 
 def check_batch(env, batch):
@@ -51,7 +44,7 @@ def run_episode(env, seed_actions=0):
     batch = env.reset()
     out = [(batch, None, None, None, None)]
     for _ in range(STEPS):
-        batch, reward, terminated, truncated, info = env.step(random_actions(batch, rng))
+        batch, reward, terminated, truncated, info = env.step(random_actions(env, batch, rng))
         out.append((batch, reward, terminated, truncated, info))
     return out
 
@@ -81,7 +74,7 @@ def test_contract_and_masks(env_id, n_agents, obs_dims, act_dims):
                 env.step(bad)
         rng = np.random.default_rng(0)
         for _ in range(2):
-            batch, reward, terminated, truncated, info = env.step(random_actions(batch, rng))
+            batch, reward, terminated, truncated, info = env.step(random_actions(env, batch, rng))
             check_batch(env, batch)
             assert reward.shape == (1,) and reward.dtype == np.float32
             assert info["agent_rewards"].shape == (1, n_agents)
@@ -102,8 +95,8 @@ def test_2x2_episode_seeding_two_envs_and_close():
         traj_a, traj_b = [env_a.reset()], [env_b.reset()]
         first_obs = traj_a[0]["obs"].copy()
         for t in range(STEPS):
-            step_a = env_a.step(random_actions(traj_a[-1], rng_a))
-            step_b = env_b.step(random_actions(traj_b[-1], rng_b))
+            step_a = env_a.step(random_actions(env_a, traj_a[-1], rng_a))
+            step_b = env_b.step(random_actions(env_b, traj_b[-1], rng_b))
             batch, reward, terminated, truncated, info = step_a
             np.testing.assert_array_equal(batch["obs"], step_b[0]["obs"])
             np.testing.assert_array_equal(reward, step_b[1])
@@ -133,7 +126,7 @@ def test_2x2_episode_seeding_two_envs_and_close():
         rng = np.random.default_rng(0)
         batch = env_b.reset(seed=100)
         for _ in range(STEPS - 1):
-            batch, *_ = env_b.step(random_actions(batch, rng))
+            batch, *_ = env_b.step(random_actions(env_b, batch, rng))
         assert not np.array_equal(batch["obs"], traj_a[-2]["obs"])
     finally:
         processes = env_a.vec.processes + env_b.vec.processes
@@ -148,7 +141,7 @@ def test_fixed_time_baseline():
         batch = env.reset()
         rng = np.random.default_rng(0)
         for _ in range(STEPS):
-            batch, reward, terminated, truncated, info = env.step(random_actions(batch, rng))
+            batch, reward, terminated, truncated, info = env.step(random_actions(env, batch, rng))
         assert truncated.all() and not terminated.any()
         assert np.isfinite(info["episode"]["waiting_time"]).all()
 
