@@ -69,7 +69,7 @@ def commands(args: Args) -> list[list[str]]:
 
 
 def run(cmd: list[str], log_dir: str) -> int:
-    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:7])
+    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])[:200]  # the whole command: unique
     with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
         start = time.time()
         code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
