@@ -49,7 +49,7 @@ its Q(s, u) is still the team's Q; keeping it trained keeps the TD bootstrap val
 Default env: matrix-climbing, where COMA goes from -3.44 (random) to the safe equilibrium 5
 within ~40k steps (like other policy-gradient methods it does not find the optimum 11). On
 mpe-spread it learns slowly (measured: training return -28 -> -22 and greedy -24 after 100k
-steps at default settings).
+steps at default settings: `python coma.py --env-id mpe-spread --total-timesteps 100000`).
 
 Deliberate differences from the paper and EPyMARL's COMA:
 - Fixed-length rollouts of T steps per env (bootstrapped from the target critic) instead of

@@ -20,11 +20,12 @@ episode's steps, the network's "waiting_time" (mean over the vehicles in the net
 long each has been standing, SUMO's waiting time, in s), "mean_speed" (m/s) and "stopped"
 (number of halted vehicles).
 
-One default episode, seed 0 (return / waiting_time): uniformly random phases vs SUMO's
-fixed-time programme (`fixed_ts=True`):
-    tsc-2x2       -114.4 / 21.8 s   vs   -4.6 / 8.5 s
-    tsc-4x4         -6.2 / 11.9 s   vs   -1.8 / 6.5 s
-    tsc-cologne8    -7.6 /  9.4 s   vs   -3.9 / 4.7 s
+Default episodes, 2 seeds (return / waiting_time), uniformly random phases vs SUMO's fixed-time
+programme (`fixed_ts=True`), from `python benchmark/fixed_time.py --env-ids tsc-2x2 tsc-4x4
+tsc-cologne8 --episodes 2`:
+    tsc-2x2       -106.0 / 23.0 s   vs   -4.5 / 8.5 s
+    tsc-4x4         -4.5 / 11.6 s   vs   -2.1 / 6.5 s
+    tsc-cologne8    -7.8 / 10.7 s   vs   -3.9 / 4.7 s
 
 Options of make: `num_seconds` (episode length in simulated seconds, default 3600 as in RESCO;
 sumo-rl's own default of 20000 s is too long for RL episodes), `delta_time` (simulated seconds
