@@ -171,22 +171,20 @@ class ParallelEnvAdapter(gym.Env):
     Observation: dict(obs [N, obs_dim], state [state_dim], alive [N], avail [N, n_actions]
     (discrete)). Action: int [N] or float [N, act_dim], padded entries ignored.
     The team reward is the sum (`team_reward="sum"`) or mean of the agents' rewards.
-    On the last step of an episode, info["episode"] holds return, length and the metrics
-    that `metrics_fn(parallel_env)` returns (called before the env is reset).
+    On the last step of an episode, info["episode"] holds return, length and the episode's
+    mean of each metric that `step_metrics_fn(parallel_env)` returns after every step.
     """
 
     def __init__(
         self,
         make_parallel_env: Callable[[], Any],
         team_reward: str = "sum",
-        metrics_fn: Callable[[Any], dict[str, float]] | None = None,
         step_metrics_fn: Callable[[Any], dict[str, float]] | None = None,
     ):
         self.env = make_parallel_env()
         self.agents = list(self.env.possible_agents)
         self.n_agents = len(self.agents)
         self.team_reward = np.sum if team_reward == "sum" else np.mean
-        self.metrics_fn = metrics_fn
         # per-step metrics are averaged over the episode (e.g. traffic waiting time)
         self.step_metrics_fn = step_metrics_fn
         obs_spaces = [self.env.observation_space(a) for a in self.agents]
@@ -209,6 +207,10 @@ class ParallelEnvAdapter(gym.Env):
         }
         if self.discrete:
             spaces["avail"] = gym.spaces.MultiBinary((self.n_agents, max(self.act_dims)))
+            # PettingZoo envs have no per-step masks: an agent's own actions are always available
+            self._avail = np.zeros((self.n_agents, max(self.act_dims)), np.int8)
+            for i, n in enumerate(self.act_dims):
+                self._avail[i, :n] = 1
             self.action_space = gym.spaces.MultiDiscrete(self.act_dims)
         else:
             act_dim = max(self.act_dims)
@@ -248,10 +250,7 @@ class ParallelEnvAdapter(gym.Env):
                 alive[i] = 1
         out = {"obs": padded, "state": self._state(obs), "alive": alive}
         if self.discrete:
-            avail = np.zeros((self.n_agents, max(self.act_dims)), np.int8)
-            for i, n in enumerate(self.act_dims):
-                avail[i, :n] = 1
-            out["avail"] = avail
+            out["avail"] = self._avail
         return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -284,8 +283,6 @@ class ParallelEnvAdapter(gym.Env):
         if terminated or truncated:
             episode = {"return": self._return, "length": self._length}
             episode.update({k: v / self._length for k, v in self._step_metrics.items()})
-            if self.metrics_fn is not None:
-                episode.update(self.metrics_fn(self.env))
             info["episode"] = episode
         return self._pack(obs), reward, terminated, truncated, info
 
