@@ -372,7 +372,7 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
         return batch, reward.astype(np.float32), terminated.astype(bool), truncated.astype(bool), info
 
     def render(self):
-        return self.vec.call("render")[0] if hasattr(self.vec, "call") else None
+        return self.vec.call("render")[0]  # the frame of env 0
 
     def close(self) -> None:
         self.vec.close()
