@@ -2,6 +2,7 @@
 
     python benchmark/train_sps.py --algo mappo --env-id ant-2x4
     python benchmark/train_sps.py --algo mappo happo mat --env-id mpe-spread --total-timesteps 20000
+    python benchmark/train_sps.py --algo mappo --env-id ant-2x4 --cuda   # the same on the GPU
 
 For each algorithm: the raw random-action env-steps/s of `envs.make(env_id, num_envs)` at the
 algorithm's own default `num_envs` (benchmark/env_sps.py; the mean of one measurement before
@@ -32,11 +33,14 @@ from benchmark.env_sps import measure_env_sps  # noqa: E402
 from benchmark.plot import read_scalars  # noqa: E402
 
 
-def train_sps(algo: str, env_id: str, total_timesteps: int, num_envs: int | None, env_steps: int) -> dict:
+def train_sps(
+    algo: str, env_id: str, total_timesteps: int, num_envs: int | None, env_steps: int, cuda: bool = False
+) -> dict:
     module = importlib.import_module(algo)
     names = {f.name for f in dataclasses.fields(module.Args)}
     overrides = {"env_id": env_id, "total_timesteps": total_timesteps, "save_model": False, "eval_interval": 0}
     overrides["eval_episodes"] = 1
+    overrides["cuda"] = cuda
     if num_envs is not None:
         overrides["num_envs"] = num_envs
     args = module.Args(**{k: v for k, v in overrides.items() if k in names})
@@ -71,13 +75,15 @@ class Args:
     """batch steps of the raw env measurement (per repeat)"""
     repeats: int = 1
     """measurements per algorithm; the medians of env SPS, train SPS and their ratio are printed"""
+    cuda: bool = False
+    """train on the GPU (the env still steps on the CPU)"""
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     rows = []
     for algo in args.algo:
-        measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps)
+        measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps, args.cuda)
         runs = [train_sps(*measure) for _ in range(args.repeats)]
         rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs) for k in ("env_sps", "train_sps")}})
         rows[-1]["ratio"] = statistics.median(r["train_sps"] / r["env_sps"] for r in runs)
