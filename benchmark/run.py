@@ -7,6 +7,10 @@
 Each experiment below is the record of how a figure in the README or docs/ was made: the
 commands it prints are exactly what ran. `--extra` arguments are appended to every command.
 Then `python benchmark/plot.py` draws the curves and tables from runs/.
+
+Each run gets cpu_count // workers threads for torch and XLA (OMP_NUM_THREADS and XLA_FLAGS,
+unless already set): two runs that each spin up one thread per core on a 2-core machine were
+measured 17x slower than two single-threaded runs.
 """
 
 from __future__ import annotations
@@ -68,11 +72,21 @@ def commands(args: Args) -> list[list[str]]:
     ]
 
 
-def run(cmd: list[str], log_dir: str) -> int:
+def thread_env(workers: int) -> dict[str, str]:
+    """The environment of each run: its share of the cores for torch (OpenMP) and XLA (SMAX)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    if threads == 1:
+        env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    return env
+
+
+def run(cmd: list[str], log_dir: str, env: dict[str, str]) -> int:
     name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])[:200]  # the whole command: unique
     with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
         start = time.time()
-        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"[{'ok' if code == 0 else f'exit {code}'}] {time.time() - start:6.0f}s  {shlex.join(cmd[1:])}", flush=True)
     return code
 
@@ -103,6 +117,7 @@ if __name__ == "__main__":
         raise SystemExit(0)
     log_dir = os.path.join(ROOT, "runs", "logs")
     os.makedirs(log_dir, exist_ok=True)
+    env = thread_env(args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
-        codes = list(pool.map(lambda c: run(c, log_dir), cmds))
+        codes = list(pool.map(lambda c: run(c, log_dir, env), cmds))
     raise SystemExit(max(codes, default=0))
