@@ -100,6 +100,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
     """if toggled, use the GPU when one is available"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "matrix-climbing"
     """the id of the environment (discrete actions only; see envs.ids())"""
     total_timesteps: int = 100_000
@@ -409,6 +411,7 @@ def train(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
 
     E, N, A, T = args.num_envs, env.n_agents, env.n_actions, args.num_steps
     actor = Actor(env.obs_dims, env.act_dims, args.share_params, args.use_rnn, args.hidden_dim).to(device)

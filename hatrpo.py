@@ -74,6 +74,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
     """if toggled, cuda will be used when available"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "product-game"
     """the id of the environment (see `envs.ids()`)"""
     total_timesteps: int = 1_000_000
@@ -539,6 +541,7 @@ def train(args: Args) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     algo = "hatrpo"
     if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
