@@ -27,3 +27,20 @@ def test_each_parallel_run_gets_its_share_of_the_cores(monkeypatch):
     assert one["OMP_NUM_THREADS"] == "1" and "intra_op_parallelism_threads=1" in one["XLA_FLAGS"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
     assert run.thread_env(workers=8)["OMP_NUM_THREADS"] == "3"
+
+
+def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatch, capsys):
+    import mappo
+    from benchmark import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (1, 2):
+        args = mappo.Args(env_id="matrix-climbing", seed=seed, total_timesteps=64, num_envs=2, num_steps=16,
+                          update_epochs=1, eval_interval=0, eval_episodes=1, exp_name="tiny")
+        mappo.train(args)
+    models = evaluate.saved_models("runs", ["matrix-climbing"], [])
+    assert [(m[1], m[2], m[3]) for m in models] == [("tiny", 1, "mappo"), ("tiny", 2, "mappo")]
+    evaluate.main(evaluate.Args(runs_dir="runs", episodes=3))
+    out = capsys.readouterr().out
+    assert "| matrix-climbing | tiny |" in out and "| 2 |" in out
+    assert len(os.listdir("runs")) == 2  # the evaluations wrote no run folders of their own

@@ -1,0 +1,90 @@
+"""Greedy evaluation of the saved models under runs/, over many episodes, as a markdown table.
+
+    python benchmark/evaluate.py --env-ids smax-3m --episodes 100
+    python benchmark/evaluate.py --env-ids mpe-spread --exp-names mappo mappo-ind --episodes 50
+
+The evaluations during training use few episodes (`--eval-episodes`, 10 by default), so their
+win rates move in steps of 10%. This reloads the model each run saved (`runs/<run>/<exp_name>.pt`,
+through the algorithm file's own `--checkpoint` path) and plays `--episodes` greedy episodes on
+a fresh env seeded with the run's seed. One row per experiment (env id, exp_name): the mean ±
+std over seeds of the return and, where the env reports it, the win rate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def saved_models(runs_dir: str, env_ids: list[str], exp_names: list[str]) -> list[tuple[str, str, int, str, str]]:
+    """(env_id, exp_name, seed, algo, model path) of every run folder holding a saved model."""
+    found = []
+    for name in sorted(os.listdir(runs_dir)):
+        parts = name.split("__")
+        if len(parts) != 4:
+            continue
+        env_id, exp_name, seed = parts[0], parts[1], int(parts[2])
+        if (env_ids and env_id not in env_ids) or (exp_names and exp_name not in exp_names):
+            continue
+        for file in sorted(os.listdir(os.path.join(runs_dir, name))):
+            if file.endswith(".pt"):  # saved as <exp_name>.pt; the checkpoint names its algorithm file
+                path = os.path.abspath(os.path.join(runs_dir, name, file))
+                algo = torch.load(path, map_location="cpu", weights_only=False)["algo"]
+                found.append((env_id, exp_name, seed, algo, path))
+    return found
+
+
+def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int) -> dict:
+    module = importlib.import_module(algo)
+    args = module.Args(env_id=env_id, seed=seed, checkpoint=path, eval_episodes=episodes)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:  # the evaluation's own run folder stays out of runs/
+        os.chdir(tmp)
+        try:
+            return module.train(args)
+        finally:
+            os.chdir(cwd)
+
+
+@dataclass
+class Args:
+    runs_dir: str = "runs"
+    """folder holding the run folders"""
+    env_ids: list[str] = field(default_factory=list)
+    """only these env ids (default: all found)"""
+    exp_names: list[str] = field(default_factory=list)
+    """only these experiments (default: all found)"""
+    episodes: int = 100
+    """greedy episodes per saved model"""
+
+
+def main(args: Args) -> None:
+    models = saved_models(args.runs_dir, args.env_ids, args.exp_names)
+    if not models:
+        raise SystemExit(f"no saved models under {args.runs_dir!r} for env ids {args.env_ids} / {args.exp_names}")
+    results: dict = defaultdict(list)
+    for env_id, exp_name, seed, algo, path in models:
+        r = evaluate(algo, env_id, seed, path, args.episodes)
+        print(f"{env_id} {exp_name} seed {seed}: return {r['eval_return']:.3f}, win rate {r['eval_win_rate']:.2f}")
+        results[(env_id, exp_name)].append((r["eval_return"], r["eval_win_rate"]))
+    print(f"\n| env | experiment | greedy return ({args.episodes} episodes) | win rate | seeds |")
+    print("|---|---|---|---|---|")
+    for (env_id, exp_name), rows in sorted(results.items()):
+        ret, win = np.array(rows).T
+        win_text = "—" if np.isnan(win).all() else f"{100 * win.mean():.1f}% ± {100 * win.std():.1f}"
+        print(f"| {env_id} | {exp_name} | {ret.mean():.2f} ± {ret.std():.2f} | {win_text} | {len(rows)} |")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
