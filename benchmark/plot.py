@@ -6,7 +6,9 @@
 Run folders are named `{env_id}__{exp_name}__{seed}__{time}` (every algorithm file does so);
 runs with the same env id and exp_name are seeds of one experiment. For each env id: one PNG
 with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock time with
---x wall; --smooth k for a running mean over k logged points), and one markdown table:
+--x wall; --smooth k for a running mean over k logged points, --smooth-steps s for a running
+mean over the points of the last s env steps, which treats files that log every episode and
+files that log once per iteration alike), and one markdown table:
 final value mean ± std over seeds (mean of each run's last 10% of points), seeds, steps,
 wall time.
 """
@@ -62,11 +64,23 @@ def smoothed(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.maximum(np.arange(1, len(values) + 1) - window, 0)]) / counts
 
 
-def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100, window: int = 1) -> tuple:
+def smoothed_over_steps(steps: np.ndarray, values: np.ndarray, span: float) -> np.ndarray:
+    """Running mean over the points logged in the last `span` env steps (step - span, step]."""
+    if span <= 0:
+        return values
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    first = np.searchsorted(steps, steps - span, side="right")  # first point inside the window
+    last = np.arange(1, len(values) + 1)
+    return (sums[last] - sums[first]) / (last - first)
+
+
+def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100, window: int = 1, span: float = 0) -> tuple:
     """Interpolate every seed's (smoothed) curve on a common grid up to the shortest run."""
     end = min(c[-1, x_col] for c in curves)
     grid = np.linspace(0, end, n)
-    ys = np.stack([np.interp(grid, c[:, x_col], smoothed(c[:, 1], window)) for c in curves])
+    ys = np.stack(
+        [np.interp(grid, c[:, x_col], smoothed_over_steps(c[:, 0], smoothed(c[:, 1], window), span)) for c in curves]
+    )
     return grid, ys.mean(0), ys.min(0), ys.max(0)
 
 
@@ -104,6 +118,8 @@ class Args:
     """file name prefix of the outputs"""
     smooth: int = 1
     """running mean over this many logged points before plotting (tables use the raw values)"""
+    smooth_steps: int = 0
+    """running mean over the points of the last this many env steps (0: off)"""
 
 
 def main(args: Args) -> None:
@@ -121,7 +137,7 @@ def main(args: Args) -> None:
     for env_id, experiments in sorted(found.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for exp_name, curves in sorted(experiments.items()):
-            grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth)
+            grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
             ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seeds)")

@@ -44,3 +44,14 @@ def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "| matrix-climbing | tiny |" in out and "| 2 |" in out
     assert len(os.listdir("runs")) == 2  # the evaluations wrote no run folders of their own
+
+
+def test_smoothing_over_env_steps_by_hand():
+    import numpy as np
+
+    from benchmark.plot import smoothed_over_steps
+
+    steps, values = np.array([0.0, 10, 20, 30]), np.array([1.0, 2, 3, 4])
+    # window (step - 15, step]: {0}, {0, 10}, {10, 20}, {20, 30}
+    np.testing.assert_allclose(smoothed_over_steps(steps, values, 15), [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(smoothed_over_steps(steps, values, 0), values)
