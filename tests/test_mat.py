@@ -154,7 +154,7 @@ def test_value_norm_round_trip():
 # ------------------------------------------------------------------------------- learning
 # default update settings (lr 5e-4, 10 epochs, 1 minibatch), a small batch of 8 envs x 10 steps;
 # about 15 s of CPU time for MAT, 5 s for MAT-Dec. Over seeds 1-12 (CPU) MAT reaches the optimum 11
-# in 7 of 12 runs of 3,200 steps (the others settle at 7 or 6, and 9,600 steps rarely get them out);
+# in 7 of 12 runs of 3,200 steps (the others settle at 7 or 6; 9,600 steps got one of four of them out);
 # MAT-Dec reaches it in 0 of 12 runs of 3,200 steps (7 or 6). Commands: docs/mat.md.
 CLIMBING = dict(env_id="matrix-climbing", num_envs=8, num_steps=10, eval_episodes=8, save_model=False)
 
