@@ -10,7 +10,7 @@ Then `python benchmark/plot.py` draws the curves and tables from runs/.
 
 Each run gets cpu_count // workers threads for torch and XLA (OMP_NUM_THREADS and XLA_FLAGS,
 unless already set): two runs that each spin up one thread per core on a 2-core machine were
-measured 17x slower than two single-threaded runs.
+measured about 25x slower than two single-threaded runs (README, Troubleshooting).
 """
 
 from __future__ import annotations

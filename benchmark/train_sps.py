@@ -38,9 +38,14 @@ def train_sps(
 ) -> dict:
     module = importlib.import_module(algo)
     names = {f.name for f in dataclasses.fields(module.Args)}
-    overrides = {"env_id": env_id, "total_timesteps": total_timesteps, "save_model": False, "eval_interval": 0}
-    overrides["eval_episodes"] = 1
-    overrides["cuda"] = cuda
+    overrides = {
+        "env_id": env_id,
+        "total_timesteps": total_timesteps,
+        "save_model": False,
+        "eval_interval": 0,
+        "eval_episodes": 1,
+        "cuda": cuda,
+    }
     if num_envs is not None:
         overrides["num_envs"] = num_envs
     args = module.Args(**{k: v for k, v in overrides.items() if k in names})
