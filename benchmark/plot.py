@@ -140,7 +140,7 @@ def main(args: Args) -> None:
             grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
-            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seeds)")
+            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
             ax.fill_between(grid, low, high, alpha=0.2)
         ax.set_xlabel("env steps" if x_col == 0 else "wall time (min)")
         ax.set_ylabel(args.tag)
