@@ -31,7 +31,11 @@ kept in every file of the family so that the four compare side by side):
   the policy head), ReLU, Adam eps 1e-5 (EPyMARL: PyTorch defaults).
 - Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
   episodes (10 episodes); episodes may span rollouts.
-- Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the losses.
+- Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the actor loss
+  or the entropy. The critic learns them too: GAE bootstraps an agent's last living step from
+  its value after death (V of an all-zero observation), the team's return to come, so that value
+  must be learned; left untrained it can feed back through ValueNorm without bound, as it did
+  for IPPO on smax-2s3z (docs/ippo.md).
 - Continuous actions (EPyMARL's A2C is discrete only): Gaussian with a learned
   state-independent log-std initialised at 0; the sample is clipped to the action bounds only
   when sent to the env (log-probs use the unclipped sample), padded action dims are excluded
@@ -493,7 +497,7 @@ def train(args: Args) -> dict:
                 args.gamma, args.gae_lambda,
             )  # fmt: skip
             if args.value_norm:
-                agent.value_norm.update(returns[alive_buf.bool()])
+                agent.value_norm.update(returns)
                 targets = agent.value_norm.normalize(returns)
             else:
                 targets = returns
@@ -509,7 +513,7 @@ def train(args: Args) -> dict:
         logprob, entropy = agent.log_prob(dist, actions_buf.flatten(0, 1)), agent.entropy(dist)
         pg_loss = a2c_loss(logprob, advantages.flatten(0, 1), mask)
         entropy_loss = masked_mean(entropy, mask)
-        v_loss = masked_mean((agent.get_value(b_obs) - targets.flatten(0, 1)) ** 2, mask)
+        v_loss = ((agent.get_value(b_obs) - targets.flatten(0, 1)) ** 2).mean()  # all samples, dead agents too
         loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
         actor_optimizer.zero_grad()
         critic_optimizer.zero_grad()

@@ -19,8 +19,8 @@ GAE, value normalisation with running statistics (de-normalised for GAE, targets
 the loss), advantage normalisation over the batch, orthogonal init (gain 0.01 on the policy head),
 input LayerNorm ("feature normalisation"), Adam eps 1e-5 with separate actor/critic optimisers,
 gradient-norm clipping per network, PPO epochs and minibatches, clipped value loss, Huber value
-loss (delta 10), death masking (samples of dead agents, batch["alive"] False, do not enter any
-loss), masked categorical actions for unavailable actions, ReLU activations, the MPE
+loss (delta 10), death masking (samples of dead agents, batch["alive"] False, do not enter the
+policy loss or the entropy), masked categorical actions for unavailable actions, ReLU activations, the MPE
 hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01, gamma 0.99, lambda 0.95,
 grad-norm 10).
 
@@ -35,6 +35,11 @@ Deliberate differences from the reference code:
 - Minibatches are drawn over env steps, each holding all agents of that step (the reference
   shuffles agent samples individually); this keeps the forward pass batched over agents and is
   the same estimator in expectation.
+- The critic is trained on the samples of dead agents too (the reference can mask them out of
+  the value loss, `use_value_active_masks`). GAE bootstraps an agent's last living step from its
+  value after death, so that value must be learned: it is the team's return to come. Left
+  untrained (a dead agent observes all zeros), it fed back through ValueNorm on smax-2s3z until
+  the value scale grew without bound and the run ended in NaN (docs/ippo.md).
 - Continuous actions: Gaussian with a learned state-independent log-std initialised at 0; the
   sample is clipped to the action bounds only when sent to the env (log-probs use the
   unclipped sample), padded action dims are excluded from log-probs and entropy.
@@ -536,7 +541,7 @@ def train(args: Args) -> dict:
                 args.gamma, args.gae_lambda,
             )  # fmt: skip
             if args.value_norm:
-                agent.value_norm.update(returns[alive_buf.bool()])
+                agent.value_norm.update(returns)
                 targets = agent.value_norm.normalize(returns)
             else:
                 targets = returns
@@ -561,8 +566,8 @@ def train(args: Args) -> dict:
                 pg_loss = ppo_clip_loss(new_logprob, b_logprobs[mb], b_adv[mb], args.clip_coef, mask)
                 entropy_loss = masked_mean(entropy, mask)
                 new_values = agent.get_value(b_obs[mb])
-                v_loss = value_loss(
-                    new_values, b_values[mb], b_targets[mb], mask, args.clip_coef, args.clip_vloss,
+                v_loss = value_loss(  # over all samples: GAE bootstraps from dead agents' values too
+                    new_values, b_values[mb], b_targets[mb], torch.ones_like(mask), args.clip_coef, args.clip_vloss,
                     args.huber_delta if args.huber_loss else None,
                 )  # fmt: skip
                 loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss

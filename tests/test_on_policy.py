@@ -10,8 +10,12 @@ import importlib
 import math
 from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
+
+from envs.core import MultiAgentVecEnv
 
 ALGOS = ["mappo", "ippo", "maa2c", "ia2c"]
 PPO = ["mappo", "ippo"]
@@ -192,3 +196,85 @@ def test_learns_the_product_game(algo, tmp_path, monkeypatch):
     # untrained: 0; reached (seed 1): 4.0 (the optimum) greedy and ~4 in training
     assert result["eval_return"] > 3.5
     assert result["episodic_return"] > 3.0
+
+
+# ------------------------------------------------------------------------ dead agents' values
+class DyingTeammateEnv(MultiAgentVecEnv):
+    """Two agents, 10 steps, team reward 1 per step; agent 1 dies after step 4.
+
+    obs: the one-hot time step (all zeros for the dead agent, as in SMAX); state: the same
+    one-hot. With gamma 0.99 the return to come at step t is sum_{k < 10 - t} 0.99^k, and the
+    dead agent's steps 5..9 have returns 4.90, 3.94, 2.97, 1.99, 1.00 (mean 2.96).
+    """
+
+    episode_limit = 10
+    DEATH = 5
+
+    def __init__(self, env_id: str = "dying-teammate", num_envs: int = 1, seed: int | None = None):
+        self.env_id, self.num_envs, self.n_agents = env_id, num_envs, 2
+        self.observation_spaces = [gym.spaces.Box(0.0, 1.0, (10,), np.float32)] * 2
+        self.action_spaces = [gym.spaces.Discrete(2)] * 2
+        self.state_dim = 10
+        self._init_sizes()
+        self.t = 0
+
+    def _batch(self) -> dict:
+        E, t = self.num_envs, self.t
+        onehot = np.eye(11, 10, dtype=np.float32)[t]  # all zeros at t = 10, the final obs
+        alive = np.array([True, t < self.DEATH])
+        return {
+            "obs": np.tile(onehot * alive[:, None], (E, 1, 1)),
+            "state": np.tile(onehot, (E, 1)),
+            "alive": np.tile(alive, (E, 1)),
+            "avail": np.ones((E, 2, 2), bool),
+        }
+
+    def reset(self, seed: int | None = None) -> dict:
+        self.t = 0
+        return self._batch()
+
+    def step(self, actions):
+        E = self.num_envs
+        self.t += 1
+        done = self.t == self.episode_limit
+        info = {}
+        if done:
+            final = self._batch()
+            info = {
+                "final_obs": final["obs"], "final_state": final["state"],
+                "episode": {"return": np.full(E, 10.0), "length": np.full(E, 10.0)},
+            }  # fmt: skip
+            self.t = 0
+        return self._batch(), np.ones(E, np.float32), np.full(E, done), np.zeros(E, bool), info
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_critic_learns_the_value_of_a_dead_agent(algo, tmp_path, monkeypatch):
+    """GAE bootstraps an agent's last living step from its value after death, so the critic must
+    learn that value (the team's return to come). Left out of the value loss, it stayed whatever
+    the network extrapolated, and on smax-2s3z it fed back through ValueNorm until IPPO's run
+    diverged (docs/ippo.md)."""
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    m = load(algo)
+    monkeypatch.setattr(m.envs, "make", lambda env_id, num_envs=1, seed=None, **kw: DyingTeammateEnv(num_envs=num_envs))
+    args = m.Args(
+        env_id="matrix-climbing", seed=1, num_envs=2, num_steps=10, total_timesteps=6000,
+        eval_interval=0, eval_episodes=1, save_model=True,
+    )  # fmt: skip
+    model_path = m.train(args)["model_path"]
+    agent = m.Agent(DyingTeammateEnv(), args)
+    agent.load_state_dict(torch.load(model_path, weights_only=False)["model"])
+    env = DyingTeammateEnv(num_envs=1)
+    dead_values = []
+    for t in range(env.DEATH, 10):
+        env.t = t
+        batch = env._batch()
+        critic_in = batch["obs"] if algo in ("ippo", "ia2c") else batch["state"]
+        with torch.no_grad():
+            value = agent.value_norm.denormalize(agent.get_value(torch.as_tensor(critic_in)))
+        dead_values.append(value[0, 1].item())
+    returns_to_come = [sum(0.99**k for k in range(10 - t)) for t in range(env.DEATH, 10)]
+    # learned (seed 1): 2.96 (mappo, maa2c: each step's return), 3.06 (ippo, ia2c: one value for the
+    # all-zero observation); with the dead agents left out of the value loss: 4.96 to 7.68
+    assert np.mean(dead_values) == pytest.approx(np.mean(returns_to_come), abs=0.5)
