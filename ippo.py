@@ -35,11 +35,11 @@ Deliberate differences from the reference code:
 - Minibatches are drawn over env steps, each holding all agents of that step (the reference
   shuffles agent samples individually); this keeps the forward pass batched over agents and is
   the same estimator in expectation.
-- The critic is trained on the samples of dead agents too (the reference can mask them out of
-  the value loss, `use_value_active_masks`). GAE bootstraps an agent's last living step from its
-  value after death, so that value must be learned: it is the team's return to come. Left
-  untrained (a dead agent observes all zeros), it fed back through ValueNorm on smax-2s3z until
-  the value scale grew without bound and the run ended in NaN (docs/ippo.md).
+- The critic is trained on the samples of dead agents too (the reference masks them out of the
+  value loss by default, `use_value_active_masks`). GAE bootstraps an agent's last living step
+  from its value after death, so that value must be learned: it is the team's return to come.
+  Left untrained (a dead agent observes all zeros), it fed back through ValueNorm on smax-2s3z
+  until the value scale grew without bound and the run ended in NaN (docs/ippo.md).
 - Continuous actions: Gaussian with a learned state-independent log-std initialised at 0; the
   sample is clipped to the action bounds only when sent to the env (log-probs use the
   unclipped sample), padded action dims are excluded from log-probs and entropy.

@@ -37,10 +37,10 @@ Deliberate differences from the paper's code:
 - Minibatches are drawn over env steps, each holding all agents of that step (the paper's code
   shuffles agent samples individually); this keeps the forward pass batched over agents and is
   the same estimator in expectation.
-- The critic is trained on the samples of dead agents too (the paper's code can mask them out of
-  the value loss, `use_value_active_masks`): GAE bootstraps an agent's last living step from
-  its value after death, V(s, i) of a dead agent i, the team's return to come, so that value
-  must be learned. Left untrained it can feed back through ValueNorm without bound, as it did
+- The critic is trained on the samples of dead agents too (the paper's code masks them out of
+  the value loss by default, `use_value_active_masks`): GAE bootstraps an agent's last living
+  step from its value after death, V(s, i) of a dead agent i, the team's return to come, so
+  that value must be learned. Left untrained it can feed back through ValueNorm without bound, as it did
   for IPPO on smax-2s3z (docs/ippo.md).
 - Continuous actions: Gaussian with a learned state-independent log-std initialised at 0; the
   sample is clipped to the action bounds only when sent to the env (log-probs use the

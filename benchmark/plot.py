@@ -24,7 +24,7 @@ import tyro
 
 
 def read_scalars(run_dir: str, tag: str, with_wall_time: bool = False) -> list[tuple]:
-    """[(step, value)] (or [(step, value, wall_time)]) of one scalar tag in a run folder."""
+    """[(step, value)] (or [(step, value, seconds since the run started)]) of one scalar tag in a run folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
@@ -33,7 +33,8 @@ def read_scalars(run_dir: str, tag: str, with_wall_time: bool = False) -> list[t
         return []
     events = acc.Scalars(tag)
     if with_wall_time:
-        return [(e.step, e.value, e.wall_time) for e in events]
+        start = acc.FirstEventTimestamp()  # the writer's first event, when training began
+        return [(e.step, e.value, e.wall_time - start) for e in events]
     return [(e.step, e.value) for e in events]
 
 
@@ -49,9 +50,7 @@ def collect(runs_dir: str, tag: str, env_ids: list[str] | None, exp_names: list[
             continue
         points = read_scalars(os.path.join(runs_dir, name), tag, with_wall_time=True)
         if points:
-            data = np.array(points, dtype=np.float64)
-            data[:, 2] -= data[0, 2]
-            found[env_id][exp_name].append(data)
+            found[env_id][exp_name].append(np.array(points, dtype=np.float64))
     return found
 
 
