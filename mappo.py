@@ -19,8 +19,8 @@ the loss), advantage normalisation over the batch, orthogonal init (gain 0.01 on
 input LayerNorm ("feature normalisation"), Adam eps 1e-5 with separate actor/critic optimisers,
 gradient-norm clipping per network, PPO epochs and minibatches, clipped value loss, Huber value
 loss (delta 10), death masking (samples of dead agents, batch["alive"] False, do not enter the
-policy loss or the entropy), masked categorical actions for unavailable actions, ReLU activations, the MPE
-hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01, gamma 0.99, lambda 0.95,
+policy loss or the entropy), masked categorical actions for unavailable actions, ReLU
+activations, the MPE hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01, gamma 0.99, lambda 0.95,
 grad-norm 10).
 
 Deliberate differences from the paper's code:
@@ -40,8 +40,8 @@ Deliberate differences from the paper's code:
 - The critic is trained on the samples of dead agents too (the paper's code masks them out of
   the value loss by default, `use_value_active_masks`): GAE bootstraps an agent's last living
   step from its value after death, V(s, i) of a dead agent i, the team's return to come, so
-  that value must be learned. Left untrained it can feed back through ValueNorm without bound, as it did
-  for IPPO on smax-2s3z (docs/ippo.md).
+  that value must be learned. Left untrained it can feed back through ValueNorm without bound,
+  as it did for IPPO on smax-2s3z (docs/ippo.md).
 - Continuous actions: Gaussian with a learned state-independent log-std initialised at 0; the
   sample is clipped to the action bounds only when sent to the env (log-probs use the
   unclipped sample), padded action dims are excluded from log-probs and entropy.
