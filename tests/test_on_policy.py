@@ -258,7 +258,7 @@ def test_critic_learns_the_value_of_a_dead_agent(algo, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     m = load(algo)
     monkeypatch.setattr(m.envs, "make", lambda env_id, num_envs=1, seed=None, **kw: DyingTeammateEnv(num_envs=num_envs))
-    args = m.Args(
+    args = m.Args(  # a valid env id for the argument checks; envs.make returns the game above
         env_id="matrix-climbing", seed=1, num_envs=2, num_steps=10, total_timesteps=6000,
         eval_interval=0, eval_episodes=1, save_model=True,
     )  # fmt: skip
