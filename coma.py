@@ -28,8 +28,8 @@ whole-episode batches avoid).
 The TD(lambda) recursion is cut at episode ends and at the end of the rollout:
   - termination: no bootstrap;
   - truncation (time limit): bootstrap from Q_target(final_state, u_final), where u_final is
-    sampled from the current policy at info["final_obs"] (sampled, never executed, as
-    EPyMARL's runner does at the last step of an episode);
+    sampled from the current policy at info["final_obs"] among info["final_avail"] (sampled,
+    never executed, as EPyMARL's runner does at the last step of an episode);
   - an episode still running at the end of the rollout: bootstrap from Q_target(s_T, u_T), u_T
     sampled (not executed; the next iteration samples again with the updated policy).
   Inside an episode: G_t = r_t + gamma [(1 - lambda) Q_target(s_{t+1}, u_{t+1}) + lambda G_{t+1}].
@@ -61,9 +61,6 @@ Deliberate differences from the paper and EPyMARL's COMA:
 - TD(lambda) (paper, pymarl, lambda = 0.8) rather than the n-step returns of recent EPyMARL
   versions; an optional entropy bonus (`ent_coef`, EPyMARL has one; the paper has none),
   computed on the masked softmax before the epsilon mix.
-- Truncation bootstrapping uses the availability mask of the last step of the finished episode
-  for sampling u_final (the contract gives no final avail; exact where all actions are always
-  available, e.g. MPE and traffic).
 - With --no-share-params only the actor is per agent; the centralised critic is always one
   network with the agent id as input (as in the paper).
 """
@@ -473,8 +470,8 @@ def train(args: Args) -> dict:
                 next_obs_b[t], next_state_b[t] = to_t(info["final_obs"], device), to_t(info["final_state"], device)
                 next_act_b[t] = 0
                 last = F.one_hot(action, A).float()
-                if trunc.any():  # u_final ~ pi(. | final obs): sampled, never executed (avail of step t)
-                    u_final, _ = sample(next_obs_b[t], last, h, avail, eps)
+                if trunc.any():  # u_final ~ pi(. | final obs, final avail): sampled, never executed
+                    u_final, _ = sample(next_obs_b[t], last, h, to_t(info["final_avail"], device, torch.bool), eps)
                     next_act_b[t] = torch.where(to_t(trunc, device, torch.bool)[:, None], u_final, next_act_b[t])
                 obs, avail = to_t(batch["obs"], device), to_t(batch["avail"], device, torch.bool)
                 if done.any():

@@ -54,9 +54,8 @@ Deliberate differences from the paper (and from EPyMARL's maddpg):
   gradient-norm clipping 10 (EPyMARL), batch 256 transitions (paper 1024), `gradient_steps`
   updates every `train_freq` vector steps of num_envs transitions (default: one update per 8
   transitions; the paper's code: one per 100), no reward standardisation (EPyMARL standardises);
-- on truncation the critic bootstraps from info["final_obs"/"final_state"]; the next
-  available actions of an ended episode are not part of the env contract, so the target
-  actor then chooses among all of the agent's actions (only matters for truncated SMAX / traffic).
+- on truncation the critic bootstraps from info["final_obs"/"final_state"], the target actor
+  choosing among the actions available at that last step (info["final_avail"]).
 """
 
 import os
@@ -467,7 +466,6 @@ def train(args: Args) -> dict:
         shapes.update(avail=(N, act_size), next_avail=(N, act_size))
         dtypes.update(avail=bool, next_avail=bool)
     rb = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps, E)), shapes, dtypes, args.seed)
-    all_avail = env.pad_avail[None] if env.discrete else None  # next avail of an ended episode (unknown)
 
     def update() -> dict[str, torch.Tensor]:
         b = rb.sample(args.batch_size, device)
@@ -528,15 +526,14 @@ def train(args: Args) -> dict:
                 u = policy.features(actor(obs_t), avail_t, True, args.gumbel_temperature, sigma)
         next_batch, reward, terminated, truncated, info = env.step(policy.to_env(u))
 
-        # store (o, x, u, r, o', x') with the final obs/state of ended episodes as o', x'
+        # store (o, x, u, r, o', x') with the final obs/state (and avail) of ended episodes as o', x'
         row = {
             "obs": batch["obs"], "state": batch["state"], "u": u.cpu().numpy(), "reward": reward,
             "terminated": terminated.astype(np.float32), "next_obs": info["final_obs"],
             "next_state": info["final_state"], "alive": batch["alive"],
         }  # fmt: skip
         if env.discrete:
-            done = (terminated | truncated)[:, None, None]
-            row.update(avail=batch["avail"], next_avail=np.where(done, all_avail, next_batch["avail"]))
+            row.update(avail=batch["avail"], next_avail=info["final_avail"])
         rb.add(**row)
         batch = next_batch
 

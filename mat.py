@@ -17,7 +17,7 @@ multi-agent advantage decomposition: agent i_m acts knowing the actions of i_1..
   policies come from one parallel pass on the stored actions (line 20).
 - Joint advantage: GAE on the mean of the agents' values V̂_t = 1/n Σ_m V(ô_t^{i_m})
   (mean over the agents alive at t, see death masking below); truncated episodes bootstrap
-  from V of info["final_obs"].
+  from V of info["final_obs"], averaged over the agents alive then (info["final_alive"]).
 - Decoder loss (lecture eq. 5): PPO-clip with one ratio per agent r_t^{i_m}, all agents
   sharing the joint advantage Â_t. Encoder and decoder are updated together by one Adam
   step on L_Encoder + L_Decoder - ent_coef * entropy (Algorithm 1, line 22).
@@ -605,6 +605,7 @@ def train(args: Args) -> dict:
     values_buf = torch.zeros(T, E, N, device=device)  # network outputs (normalised scale)
     final_values_buf = torch.zeros(T, E, N, device=device)  # V(final_obs), denormalised, truncated rows
     alive_buf = torch.ones(T, E, N, dtype=torch.bool, device=device)
+    final_alive_buf = torch.ones(T, E, N, dtype=torch.bool, device=device)  # alive at an episode's last step
     rewards_buf = torch.zeros(T, E, device=device)
     term_buf = torch.zeros(T, E, dtype=torch.bool, device=device)
     trunc_buf = torch.zeros(T, E, dtype=torch.bool, device=device)
@@ -637,6 +638,7 @@ def train(args: Args) -> dict:
             rewards_buf[t] = torch.as_tensor(reward, device=device)
             term_buf[t] = torch.as_tensor(terminated, device=device)
             trunc_buf[t] = torch.as_tensor(truncated, device=device)
+            final_alive_buf[t] = inputs.per_agent(info["final_alive"])
             if truncated.any():  # bootstrap from the last observation of the truncated episode
                 with torch.no_grad():
                     v_final = model.encode(inputs.obs(info["final_obs"]))[0]
@@ -661,7 +663,7 @@ def train(args: Args) -> dict:
             next_alive = torch.cat([alive_buf[1:], inputs.per_agent(batch["alive"])[None]], 0)
             dones = term_buf | trunc_buf
             next_values = torch.where(trunc_buf[..., None], final_values_buf, next_values)
-            next_alive = torch.where(dones[..., None], alive_buf, next_alive)  # the ended episode's agents
+            next_alive = torch.where(dones[..., None], final_alive_buf, next_alive)  # the ended episode's agents
             # joint advantage Â_t: GAE on V̂_t = mean of the alive agents' values
             advantages = gae(
                 rewards_buf, joint_value(values, alive_buf), joint_value(next_values, next_alive),

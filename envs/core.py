@@ -56,6 +56,9 @@ class MultiAgentVecEnv:
     batch: "obs" float32 [E, N, obs_dim] (zero padded), "state" float32 [E, state_dim],
     "alive" bool [E, N] (False for agents that died in this episode, SMAX; else all True),
     and for discrete actions "avail" bool [E, N, n_actions] (padded actions False).
+    info: "agent_rewards" float32 [E, N]; "final_obs", "final_state", "final_alive" and (discrete)
+    "final_avail": the batch's arrays of the step that ended an episode (rows of envs that did
+    not end hold the current batch's); "episode" (only when an episode ended): dict of [E] arrays.
     """
 
     env_id: str
@@ -357,14 +360,14 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
                 rows = source["_agent_rewards"]
                 agent_rewards[rows] = source["agent_rewards"][rows]
         info: dict[str, Any] = {"agent_rewards": agent_rewards}
-        info["final_obs"] = batch["obs"].copy()
-        info["final_state"] = batch["state"].copy()
+        for key in batch:  # final_obs, final_state, final_alive, final_avail
+            info[f"final_{key}"] = batch[key].copy()
         if done.any():
             episode = {k: np.zeros(self.num_envs) for k in ("return", "length", *self.metric_names)}
             for e in np.flatnonzero(done):
                 final = vinfo["final_obs"][e]
-                info["final_obs"][e] = final["obs"]
-                info["final_state"][e] = final["state"]
+                for key in batch:
+                    info[f"final_{key}"][e] = final[key]
                 for k, v in vinfo["final_info"]["episode"].items():
                     if k in episode:
                         episode[k][e] = v[e]

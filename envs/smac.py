@@ -71,9 +71,10 @@ class SMACVecEnv(MultiAgentVecEnv):
         avail = np.array(env.get_avail_actions(), bool)
         return np.array(env.get_obs(), np.float32), np.array(env.get_state(), np.float32), avail
 
-    def _pack(self, rows) -> dict[str, np.ndarray]:
+    def _pack(self, rows, remember: bool = True) -> dict[str, np.ndarray]:
         obs, state, avail = (np.stack(x) for x in zip(*rows))
-        self._avail = avail
+        if remember:  # the avail mask that the next step's actions are checked against
+            self._avail = avail
         # SMAC offers only the no-op (action 0) to dead agents
         alive = avail[:, :, 1:].any(-1)
         return {"obs": obs, "state": state, "alive": alive, "avail": avail}
@@ -90,15 +91,11 @@ class SMACVecEnv(MultiAgentVecEnv):
         E = self.num_envs
         reward = np.zeros(E, np.float32)
         terminated, truncated, win = np.zeros(E, bool), np.zeros(E, bool), np.zeros(E)
-        rows, final_obs, final_state = (
-            [],
-            np.zeros((E, self.n_agents, self.obs_dim), np.float32),
-            np.zeros((E, self.state_dim), np.float32),
-        )
+        rows, final_rows = [], []
         for e, env in enumerate(self.envs):
             r, done, info = env.step(actions[e].tolist())
             row = self._observe(env)
-            final_obs[e], final_state[e] = row[0], row[1]
+            final_rows.append(row)
             reward[e], win[e] = r, float(info.get("battle_won", False))
             # SMAC sets info["episode_limit"] only with continuing_episode=True: a time-out is an
             # end at the step limit that is not a won battle and leaves an ally alive
@@ -113,8 +110,7 @@ class SMACVecEnv(MultiAgentVecEnv):
         self._length += 1
         info: dict[str, Any] = {
             "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
-            "final_obs": final_obs,
-            "final_state": final_state,
+            **{f"final_{key}": value for key, value in self._pack(final_rows, remember=False).items()},
         }
         ended = terminated | truncated
         if ended.any():

@@ -129,7 +129,7 @@ class _Compiled:
                 return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
 
             state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
-            return key, state, batch, (*out, final[0], final[1])
+            return key, state, batch, (*out, *final)
 
         self.reset = jax.jit(reset_batch, static_argnums=1)
         self.step = jax.jit(step_batch)
@@ -193,7 +193,7 @@ class SMAXVecEnv(MultiAgentVecEnv):
     def _np(x, dtype) -> np.ndarray:
         return np.array(x, dtype=dtype)  # a writable copy (np.asarray of a jax array is read-only)
 
-    def _pack(self, batch) -> dict[str, np.ndarray]:
+    def _pack(self, batch, remember: bool = True) -> dict[str, np.ndarray]:
         obs, state, avail, alive = batch
         out = {
             "obs": self._np(obs, np.float32),
@@ -201,7 +201,8 @@ class SMAXVecEnv(MultiAgentVecEnv):
             "alive": self._np(alive, bool),
             "avail": self._np(avail, bool),
         }
-        self._avail = out["avail"]
+        if remember:  # the avail mask that the next step's actions are checked against
+            self._avail = out["avail"]
         return out
 
     # ------------------------------------------------------------------ contract
@@ -226,13 +227,12 @@ class SMAXVecEnv(MultiAgentVecEnv):
         actions = self.check_actions(actions, self._avail).astype(np.int32)
         self._key, self._state, batch, out = self.c.step(self._key, self._state, actions)
         batch, out = self.c.jax.device_get((batch, out))  # one transfer for everything
-        reward, terminated, truncated, win, final_obs, final_state = out
+        reward, terminated, truncated, win, *final = out
         reward = self._np(reward, np.float32)
         terminated, truncated = self._np(terminated, bool), self._np(truncated, bool)
         info: dict[str, Any] = {
             "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
-            "final_obs": self._np(final_obs, np.float32),
-            "final_state": self._np(final_state, np.float32),
+            **{f"final_{key}": value for key, value in self._pack(final, remember=False).items()},
         }
         self._return += reward
         self._length += 1

@@ -70,8 +70,7 @@ class ToyGameEnv(MultiAgentVecEnv):
         E = self.num_envs
         info = {
             "agent_rewards": np.repeat(reward[:, None], 2, axis=1).astype(np.float32),
-            "final_obs": batch["obs"].copy(),
-            "final_state": batch["state"].copy(),
+            **{f"final_{key}": value.copy() for key, value in batch.items()},
             "episode": {"return": reward.astype(np.float64), "length": np.ones(E)},
         }
         return batch, reward.astype(np.float32), np.ones(E, bool), np.zeros(E, bool), info

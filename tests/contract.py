@@ -48,6 +48,12 @@ def check_step(env: envs.MultiAgentVecEnv, out: tuple) -> None:
     assert not (terminated & truncated).any(), "an episode is either terminated or truncated"
     assert info["final_obs"].shape == (E, N, env.obs_dim)
     assert info["final_state"].shape == (E, env.state_dim)
+    assert info["final_alive"].shape == (E, N) and info["final_alive"].dtype == bool
+    if env.discrete:
+        assert info["final_avail"].shape == (E, N, env.n_actions) and info["final_avail"].dtype == bool
+        assert info["final_avail"].any(-1)[info["final_alive"]].all()
+    else:
+        assert "final_avail" not in info
     assert info["agent_rewards"].shape == (E, N)
     done = terminated | truncated
     assert ("episode" in info) == bool(done.any())
@@ -58,7 +64,8 @@ def check_step(env: envs.MultiAgentVecEnv, out: tuple) -> None:
         assert (episode["length"][done] >= 1).all()
         assert (episode["length"][done] <= env.episode_limit).all()
     # rows that did not end: final obs is the current obs
-    np.testing.assert_array_equal(info["final_obs"][~done], batch["obs"][~done])
+    for key in batch:
+        np.testing.assert_array_equal(info[f"final_{key}"][~done], batch[key][~done])
 
 
 def rollout(env: envs.MultiAgentVecEnv, steps: int, seed: int = 0, check: bool = True):

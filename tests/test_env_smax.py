@@ -79,14 +79,14 @@ def test_dead_agents_auto_reset_and_final_obs(env3m):
     """Random allies lose agents (alive False, only stop available, zero obs), then their battle."""
     rng = np.random.default_rng(2)
     batch = env3m.reset(seed=2)
-    saw_dead, saw_end = False, False
+    saw_dead, saw_end, saw_lost = False, False, False
+    only_stop = np.zeros(env3m.n_actions, bool)
+    only_stop[4] = True
     for _ in range(150):
         batch, reward, term, trunc, info = env3m.step(random_actions(env3m, batch, rng))
         dead = ~batch["alive"]
         if dead.any():
             saw_dead = True
-            only_stop = np.zeros(env3m.n_actions, bool)
-            only_stop[4] = True
             assert (batch["avail"][dead] == only_stop).all()
             assert not batch["obs"][dead].any()
         done = term | trunc
@@ -101,9 +101,15 @@ def test_dead_agents_auto_reset_and_final_obs(env3m):
             assert batch["alive"][done].all()  # the next battle starts with everyone
             assert not np.array_equal(info["final_obs"][done], batch["obs"][done])
             assert not np.array_equal(info["final_state"][done], batch["state"][done])
+            # the masks of the battle's last step: a lost battle ends with every ally dead
+            lost = done & (ep["win"] == 0) & term
+            assert not info["final_alive"][lost].any()
+            final_dead = ~info["final_alive"] & done[:, None]
+            assert (info["final_avail"][final_dead] == only_stop).all()
+            saw_lost = saw_lost or lost.any()
         else:
             assert "episode" not in info
-    assert saw_dead and saw_end
+    assert saw_dead and saw_end and saw_lost
 
 
 @needs_jaxmarl

@@ -237,13 +237,10 @@ class DyingTeammateEnv(MultiAgentVecEnv):
         E = self.num_envs
         self.t += 1
         done = self.t == self.episode_limit
-        info = {}
+        final = self._batch()  # the step's own arrays (the episode's last ones when done)
+        info = {"agent_rewards": np.ones((E, 2), np.float32), **{f"final_{k}": v for k, v in final.items()}}
         if done:
-            final = self._batch()
-            info = {
-                "final_obs": final["obs"], "final_state": final["state"],
-                "episode": {"return": np.full(E, 10.0), "length": np.full(E, 10.0)},
-            }  # fmt: skip
+            info["episode"] = {"return": np.full(E, 10.0), "length": np.full(E, 10.0)}
             self.t = 0
         return self._batch(), np.ones(E, np.float32), np.full(E, done), np.zeros(E, bool), info
 
