@@ -14,8 +14,8 @@ import torch
 
 import envs.mamujoco
 import envs.tsc
+from tests.conftest import ALGOS  # the nine algorithm files
 
-ALGOS = ["ia2c", "ippo", "maa2c", "mappo", "maddpg", "coma", "happo", "hatrpo", "mat"]
 DISCRETE_ONLY = {"coma"}
 
 # per algorithm: overrides that make a run a few hundred steps long and quick
