@@ -63,7 +63,7 @@ def check_step(env: envs.MultiAgentVecEnv, out: tuple) -> None:
             assert episode[key].shape == (E,), key
         assert (episode["length"][done] >= 1).all()
         assert (episode["length"][done] <= env.episode_limit).all()
-    # rows that did not end: final obs is the current obs
+    # rows that did not end: the final arrays are the current batch's
     for key in batch:
         np.testing.assert_array_equal(info[f"final_{key}"][~done], batch[key][~done])
 
