@@ -71,10 +71,8 @@ class SMACVecEnv(MultiAgentVecEnv):
         avail = np.array(env.get_avail_actions(), bool)
         return np.array(env.get_obs(), np.float32), np.array(env.get_state(), np.float32), avail
 
-    def _pack(self, rows, remember: bool = True) -> dict[str, np.ndarray]:
+    def _pack(self, rows) -> dict[str, np.ndarray]:
         obs, state, avail = (np.stack(x) for x in zip(*rows))
-        if remember:  # the avail mask that the next step's actions are checked against
-            self._avail = avail
         # SMAC offers only the no-op (action 0) to dead agents
         alive = avail[:, :, 1:].any(-1)
         return {"obs": obs, "state": state, "alive": alive, "avail": avail}
@@ -84,7 +82,9 @@ class SMACVecEnv(MultiAgentVecEnv):
             env.reset()
         self._return = np.zeros(self.num_envs)
         self._length = np.zeros(self.num_envs, np.int64)
-        return self._pack([self._observe(env) for env in self.envs])
+        batch = self._pack([self._observe(env) for env in self.envs])
+        self._avail = batch["avail"]  # the next step's actions are checked against it
+        return batch
 
     def step(self, actions):
         actions = self.check_actions(actions, self._avail)
@@ -110,7 +110,7 @@ class SMACVecEnv(MultiAgentVecEnv):
         self._length += 1
         info: dict[str, Any] = {
             "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
-            **{f"final_{key}": value for key, value in self._pack(final_rows, remember=False).items()},
+            **{f"final_{key}": value for key, value in self._pack(final_rows).items()},
         }
         ended = terminated | truncated
         if ended.any():
@@ -120,7 +120,9 @@ class SMACVecEnv(MultiAgentVecEnv):
                 "win": np.where(ended, win, 0.0),
             }
             self._return[ended], self._length[ended] = 0.0, 0
-        return self._pack(rows), reward, terminated, truncated, info
+        batch = self._pack(rows)
+        self._avail = batch["avail"]
+        return batch, reward, terminated, truncated, info
 
     def close(self) -> None:
         for env in self.envs:

@@ -193,17 +193,14 @@ class SMAXVecEnv(MultiAgentVecEnv):
     def _np(x, dtype) -> np.ndarray:
         return np.array(x, dtype=dtype)  # a writable copy (np.asarray of a jax array is read-only)
 
-    def _pack(self, batch, remember: bool = True) -> dict[str, np.ndarray]:
+    def _pack(self, batch) -> dict[str, np.ndarray]:
         obs, state, avail, alive = batch
-        out = {
+        return {
             "obs": self._np(obs, np.float32),
             "state": self._np(state, np.float32),
             "alive": self._np(alive, bool),
             "avail": self._np(avail, bool),
         }
-        if remember:  # the avail mask that the next step's actions are checked against
-            self._avail = out["avail"]
-        return out
 
     # ------------------------------------------------------------------ contract
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -219,7 +216,9 @@ class SMAXVecEnv(MultiAgentVecEnv):
         self._state, batch = self.c.reset(reset_key, self.num_envs)
         self._return = np.zeros(self.num_envs)
         self._length = np.zeros(self.num_envs, np.int64)
-        return self._pack(self.c.jax.device_get(batch))
+        batch = self._pack(self.c.jax.device_get(batch))
+        self._avail = batch["avail"]  # the next step's actions are checked against it
+        return batch
 
     def step(self, actions):
         if self._state is None:
@@ -232,7 +231,7 @@ class SMAXVecEnv(MultiAgentVecEnv):
         terminated, truncated = self._np(terminated, bool), self._np(truncated, bool)
         info: dict[str, Any] = {
             "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
-            **{f"final_{key}": value for key, value in self._pack(final, remember=False).items()},
+            **{f"final_{key}": value for key, value in self._pack(final).items()},
         }
         self._return += reward
         self._length += 1
@@ -245,7 +244,9 @@ class SMAXVecEnv(MultiAgentVecEnv):
             }
             self._return[done] = 0.0
             self._length[done] = 0
-        return self._pack(batch), reward, terminated, truncated, info
+        batch = self._pack(batch)
+        self._avail = batch["avail"]
+        return batch, reward, terminated, truncated, info
 
 
 def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> SMAXVecEnv:
