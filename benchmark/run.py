@@ -27,12 +27,20 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# the budgets of the README's parameter-sharing figures (`--extra` comes after them, so it can override them)
+PARAM_SHARING_BUDGETS = {
+    "smax-3m": ["--total-timesteps", "500000"],
+    "smax-2s3z": ["--total-timesteps", "1000000"],
+    "mpe-spread": ["--total-timesteps", "150000", "--eval-interval", "25000"],
+    "halfcheetah-6x1": ["--total-timesteps", "1000000", "--eval-interval", "100000"],
+}
+
 # experiment -> list of (algorithm file, env id, extra arguments)
 EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
     # the lecture's MAPPO vs MAPPO-Ind table: parameter sharing on and off
     "param-sharing": [
-        (algo, env_id, flags)
-        for env_id in ["smax-3m", "smax-2s3z", "mpe-spread", "halfcheetah-6x1"]
+        (algo, env_id, [*flags, *budget])
+        for env_id, budget in PARAM_SHARING_BUDGETS.items()
         for algo, flags in [("mappo", ["--share-params"]), ("mappo", ["--no-share-params", "--exp-name", "mappo-ind"])]
     ],
     # the lecture's Multi-Agent MuJoCo figure
