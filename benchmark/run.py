@@ -4,8 +4,10 @@
     python benchmark/run.py --algos mappo ippo --env-ids mpe-spread --seeds 1 2 3 --extra="--total-timesteps 200000"
     python benchmark/run.py --experiment mamujoco --dry-run      # only print the commands
 
-Each experiment below is the record of how a figure in the README or docs/ was made: the
-commands it prints are exactly what ran. `--extra` arguments are appended to every command.
+`--experiment param-sharing` prints exactly the commands behind the README's parameter-sharing
+table and figures (with their budgets); the other experiments are the algorithm x env grids of the
+lecture's figures, with the budget set by `--extra` (the README gives, beside each figure, the exact
+commands that made it). `--extra` arguments are appended to every command.
 Then `python benchmark/plot.py` draws the curves and tables from runs/.
 
 Each run gets cpu_count // workers threads for torch and XLA (OMP_NUM_THREADS and XLA_FLAGS,
