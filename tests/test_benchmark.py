@@ -13,7 +13,7 @@ def test_experiment_commands_are_one_per_algorithm_env_and_seed():
     assert len(cmds) == 4 * 2 * 2  # 4 envs x (shared, independent) x 2 seeds
     first = cmds[0][1:]
     assert first[:6] == ["mappo.py", "--env-id", "smax-3m", "--seed", "1", "--share-params"]
-    # the figure's own budget, then --extra, which the algorithm file's parser lets win (last one counts)
+    # the figure's own budget, then --extra; the algorithm file's parser keeps the last value, so --extra wins
     assert first[6:] == ["--total-timesteps", "500000", "--total-timesteps", "1000"]
     assert any("mappo-ind" in c for c in cmds)
 
