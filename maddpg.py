@@ -53,7 +53,10 @@ Deliberate differences from the paper (and from EPyMARL's maddpg):
 - gamma 0.99 (paper 0.95), tau 0.01 and Adam lr 1e-3 for both nets (paper 0.01),
   gradient-norm clipping 10 (EPyMARL), batch 256 transitions (paper 1024), `gradient_steps`
   updates every `train_freq` vector steps of num_envs transitions (default: one update per 8
-  transitions; the paper's code: one per 100), no reward standardisation (EPyMARL standardises);
+  transitions; the paper's code: one per 100), rewards as they come (EPyMARL standardises them:
+  `--standardise-rewards`);
+- `--twin-critics` (off by default) adds TD3's clipped double Q (MATD3): two critics on the
+  same targets y = r + gamma * min(Q'_1, Q'_2), the actor following Q_1;
 - on truncation the critic bootstraps from info["final_obs"/"final_state"], the target actor
   choosing among the actions available at that last step (info["final_avail"]).
 """
@@ -145,6 +148,10 @@ class Args:
     """continuous: fraction of total_timesteps over which the noise std is annealed linearly"""
     gumbel_temperature: float = 1.0
     """discrete: temperature of the Gumbel-softmax"""
+    twin_critics: bool = False
+    """clipped double Q (TD3; MATD3, Ackermann et al. 2019): a second critic, targets from the smaller estimate"""
+    standardise_rewards: bool = False
+    """train the critic on (r - mean) / std, running statistics of all rewards collected so far (EPyMARL)"""
 
     # filled in at runtime
     num_iterations: int = 0
@@ -285,6 +292,20 @@ def noise_std(args: Args, global_step: int) -> float:
     over exploration_fraction * total_timesteps, constant afterwards."""
     frac = min(1.0, global_step / max(1.0, args.exploration_fraction * args.total_timesteps))
     return args.exploration_noise + frac * (args.exploration_noise_final - args.exploration_noise)
+
+
+class RunningMeanStd:
+    """Mean and variance of every value seen so far (Chan et al.'s parallel update), for
+    `--standardise-rewards`."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, x: np.ndarray) -> None:
+        n, mean, var = x.size, float(x.mean()), float(x.var())
+        delta, total = mean - self.mean, self.count + n
+        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
 
 
 # --------------------------------------------------------------------- replay buffer
@@ -452,8 +473,14 @@ def train(args: Args) -> dict:
     target_critic = Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device)
     target_actor.load_state_dict(actor.state_dict())
     target_critic.load_state_dict(critic.state_dict())
+    critics, target_critics = [critic], [target_critic]
+    if args.twin_critics:  # Q_2 and its target, trained on the same targets as Q_1
+        critics.append(Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device))
+        target_critics.append(Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device))
+        target_critics[1].load_state_dict(critics[1].state_dict())
+    critic_params = [p for c in critics for p in c.parameters()]
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, eps=1e-5)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, eps=1e-5)
+    critic_opt = torch.optim.Adam(critic_params, lr=args.critic_lr, eps=1e-5)
     policy = Policy(env, device)
 
     # --- replay buffer
@@ -466,6 +493,7 @@ def train(args: Args) -> dict:
         shapes.update(avail=(N, act_size), next_avail=(N, act_size))
         dtypes.update(avail=bool, next_avail=bool)
     rb = ReplayBuffer(min(args.buffer_size, max(args.total_timesteps, E)), shapes, dtypes, args.seed)
+    reward_stats = RunningMeanStd()
 
     def update() -> dict[str, torch.Tensor]:
         b = rb.sample(args.batch_size, device)
@@ -476,15 +504,21 @@ def train(args: Args) -> dict:
             pre_next = target_actor(b["next_obs"])
             u_next = policy.features(pre_next, b.get("next_avail"))
             B = u_next.shape[0]
-            q_next = target_critic(critic_x(b["next_state"], b["next_obs"], args.critic_input),
-                                   u_next.reshape(B, 1, -1).expand(-1, N, -1))  # fmt: skip
-            y = td_target(b["reward"], b["terminated"], q_next, args.gamma)
+            x_next = critic_x(b["next_state"], b["next_obs"], args.critic_input)
+            u_next = u_next.reshape(B, 1, -1).expand(-1, N, -1)
+            # one critic: Q'_i; twin critics: min(Q'_1, Q'_2), against overestimation (TD3, eq. 10)
+            q_next = torch.stack([tc(x_next, u_next) for tc in target_critics]).min(0).values
+            reward = b["reward"]
+            if args.standardise_rewards:
+                reward = (reward - reward_stats.mean) / (reward_stats.var**0.5 + 1e-8)
+            y = td_target(reward, b["terminated"], q_next, args.gamma)
         x = critic_x(b["state"], b["obs"], args.critic_input)
-        q = critic(x, b["u"].reshape(B, 1, -1).expand(-1, N, -1))
-        qf_loss = (((q - y) ** 2) * alive).sum() / n_alive
+        u = b["u"].reshape(B, 1, -1).expand(-1, N, -1)
+        qs = [c(x, u) for c in critics]
+        qf_loss = sum((((q - y) ** 2) * alive).sum() / n_alive for q in qs)
         critic_opt.zero_grad()
         qf_loss.backward()
-        nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+        nn.utils.clip_grad_norm_(critic_params, args.max_grad_norm)
         critic_opt.step()
 
         # actor: deterministic policy gradient through Q_i(x, ..., mu_i(o_i), ...) (eq. 5)
@@ -502,9 +536,10 @@ def train(args: Args) -> dict:
         nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
         actor_opt.step()
 
-        polyak_update(target_critic, critic, args.tau)
+        for tc, c in zip(target_critics, critics):
+            polyak_update(tc, c, args.tau)
         polyak_update(target_actor, actor, args.tau)
-        return {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach(), "qf_values": q.detach().mean()}
+        return {"qf_loss": qf_loss.detach(), "actor_loss": actor_loss.detach(), "qf_values": qs[0].detach().mean()}
 
     # --- the off-policy loop
     recent_returns, recent_wins = deque(maxlen=20), deque(maxlen=20)
@@ -535,6 +570,7 @@ def train(args: Args) -> dict:
         if env.discrete:
             row.update(avail=batch["avail"], next_avail=info["final_avail"])
         rb.add(**row)
+        reward_stats.update(reward)
         batch = next_batch
 
         if "episode" in info:
@@ -585,6 +621,8 @@ def train(args: Args) -> dict:
     if args.save_model:
         model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
         nets = {"actor": actor, "critic": critic, "target_actor": target_actor, "target_critic": target_critic}
+        if args.twin_critics:
+            nets.update(critic2=critics[1], target_critic2=target_critics[1])
         model = {k: m.state_dict() for k, m in nets.items()}
         torch.save({"algo": "maddpg", "env_id": args.env_id, "args": asdict(args), "model": model}, model_path)
         print(f"model saved to {model_path}")

@@ -102,6 +102,15 @@ def test_replay_buffer_wraps_around():
     assert sample["r"].shape == (100,) and set(sample["r"].tolist()) <= {2.0, 3.0, 4.0, 5.0, 6.0}
 
 
+def test_running_mean_std_hand_computed():
+    # values 1, 3 then 5: mean 3, variance ((1-3)^2 + 0 + (5-3)^2) / 3 = 8/3 (up to the 1e-4 prior count)
+    stats = maddpg.RunningMeanStd()
+    stats.update(np.array([1.0, 3.0]))
+    assert stats.mean == pytest.approx(2.0, abs=1e-3) and stats.var == pytest.approx(1.0, abs=1e-3)
+    stats.update(np.array([5.0]))
+    assert stats.mean == pytest.approx(3.0, abs=1e-3) and stats.var == pytest.approx(8 / 3, abs=1e-3)
+
+
 def test_per_agent_networks_run_on_true_sizes():
     # heterogeneous agents (obs 2 and 3, actions 1 and 2): padded inputs do not change agent 0's output
     net = maddpg.AgentNets(2, [2, 3], [1, 2], hidden=8, share=False, out_std=1.0)
@@ -161,6 +170,21 @@ def test_learns_matrix_penalty_discrete(tmp_path, monkeypatch):
     )  # fmt: skip
     result = maddpg.train(args)
     assert result["eval_return"] >= 2.0
+
+
+@pytest.mark.slow
+def test_learns_product_game_with_twin_critics_and_standardised_rewards(tmp_path, monkeypatch):
+    # as test_learns_product_game (same seed and budget), with --twin-critics --standardise-rewards:
+    # greedy eval return 3.99 (seed 0, ~10 s on one core)
+    monkeypatch.chdir(tmp_path)
+    args = maddpg.Args(
+        env_id="product-game", seed=0, total_timesteps=3000, num_envs=8, learning_starts=400,
+        eval_episodes=8, twin_critics=True, standardise_rewards=True,
+    )  # fmt: skip
+    result = maddpg.train(args)
+    assert result["eval_return"] > 3.5
+    saved = torch.load(result["model_path"], weights_only=False)["model"]
+    assert {"critic2", "target_critic2"} <= set(saved)
 
 
 @pytest.mark.parametrize("env_id", ["product-game", "mpe-speaker-listener"])
