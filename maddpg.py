@@ -570,7 +570,8 @@ def train(args: Args) -> dict:
         if env.discrete:
             row.update(avail=batch["avail"], next_avail=info["final_avail"])
         rb.add(**row)
-        reward_stats.update(reward)
+        if args.standardise_rewards:
+            reward_stats.update(reward)
         batch = next_batch
 
         if "episode" in info:
