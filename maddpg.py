@@ -589,7 +589,7 @@ def train(args: Args) -> dict:
             for _ in range(args.gradient_steps):
                 losses = update()
 
-        if next_eval is not None and global_step >= next_eval:
+        if next_eval is not None and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
             video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
             with make_eval_env(args, video is not None) as eval_env:

@@ -74,9 +74,10 @@ def smoothed_over_steps(steps: np.ndarray, values: np.ndarray, span: float) -> n
 
 
 def mean_curve(curves: list[np.ndarray], x_col: int, n: int = 100, window: int = 1, span: float = 0) -> tuple:
-    """Interpolate every seed's (smoothed) curve on a common grid up to the shortest run."""
-    end = min(c[-1, x_col] for c in curves)
-    grid = np.linspace(0, end, n)
+    """Interpolate every seed's (smoothed) curve on a common grid over the x range that every run covers
+    (from the latest first point: an evaluation curve starts at its first evaluation, not at step 0)."""
+    start, end = max(c[0, x_col] for c in curves), min(c[-1, x_col] for c in curves)
+    grid = np.linspace(start, end, n)
     ys = np.stack(
         [np.interp(grid, c[:, x_col], smoothed_over_steps(c[:, 0], smoothed(c[:, 1], window), span)) for c in curves]
     )

@@ -56,3 +56,19 @@ def test_smoothing_over_env_steps_by_hand():
     # window (step - 15, step]: {0}, {0, 10}, {10, 20}, {20, 30}
     np.testing.assert_allclose(smoothed_over_steps(steps, values, 15), [1.0, 1.5, 2.5, 3.5])
     np.testing.assert_allclose(smoothed_over_steps(steps, values, 0), values)
+
+
+def test_mean_curve_covers_only_the_steps_every_seed_has_logged():
+    import numpy as np
+
+    from benchmark.plot import mean_curve
+
+    # two seeds' evaluations (step, value, seconds): the first at 50 and 100, the second at 100 and 150
+    a = np.array([[50.0, 1.0, 0.0], [100.0, 3.0, 1.0]])
+    b = np.array([[100.0, 5.0, 0.0], [150.0, 7.0, 1.0]])
+    grid, mean, low, high = mean_curve([a, b], x_col=0, n=2)
+    np.testing.assert_allclose(grid, [100.0, 100.0])  # from the latest first point to the earliest last one
+    np.testing.assert_allclose(mean, [4.0, 4.0])
+    grid, mean, low, high = mean_curve([a, a], x_col=0, n=3)
+    np.testing.assert_allclose(grid, [50.0, 75.0, 100.0])  # no point before the first evaluation
+    np.testing.assert_allclose([mean, low, high], [[1.0, 2.0, 3.0]] * 3)

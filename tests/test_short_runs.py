@@ -96,6 +96,18 @@ def test_short_run_saves_and_reloads(algo, env_id, overrides):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
+def test_evaluations_during_and_after_training_are_logged_once_per_step(algo):
+    from benchmark.plot import read_scalars
+
+    module, args = make_args(algo, "matrix-climbing", eval_interval=64, save_model=False)  # 64 and 128 = the end
+    result = module.train(args)
+    steps = [step for step, _ in read_scalars(result["run_dir"], "eval/episodic_return")]
+    assert len(steps) >= 2, steps  # at least one evaluation during training, and the final one
+    assert steps == sorted(set(steps)), f"an env step evaluated twice: {steps}"
+    assert steps[-1] == result["global_step"]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
 def test_checkpoint_of_another_env_or_algorithm_is_refused(algo):
     module, args = make_args(algo, "matrix-climbing")
     path = module.train(args)["model_path"]
