@@ -72,3 +72,13 @@ def test_mean_curve_covers_only_the_steps_every_seed_has_logged():
     grid, mean, low, high = mean_curve([a, a], x_col=0, n=3)
     np.testing.assert_allclose(grid, [50.0, 75.0, 100.0])  # no point before the first evaluation
     np.testing.assert_allclose([mean, low, high], [[1.0, 2.0, 3.0]] * 3)
+
+
+def test_random_policy_return_on_the_climbing_game_by_hand():
+    from benchmark.random_policy import random_returns
+
+    # one step, uniform over the 3 x 3 payoffs [[11, -30, 0], [-30, 7, 6], [0, 0, 5]]: expected -31 / 9
+    returns, wins = random_returns("matrix-climbing", episodes=4000, seed=0, num_envs=64)
+    assert len(returns) == 4000 and len(wins) == 0
+    assert set(returns) <= {11.0, -30.0, 0.0, 7.0, 6.0, 5.0}
+    assert abs(returns.mean() - (-31 / 9)) < 0.8  # the standard error of 4000 episodes is about 0.2

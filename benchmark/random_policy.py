@@ -1,0 +1,57 @@
+"""The floor of every learning curve: the return of uniformly random actions on any env id.
+
+    python benchmark/random_policy.py --env-ids mpe-spread smax-3m --episodes 100
+
+Plays `episodes` episodes with a uniformly random valid action per agent and step (an available
+action where the actions are discrete, a uniform sample within the bounds where continuous) and
+prints a markdown table: the mean ± std of the episodic return and, where the env reports it, the
+win rate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import envs  # noqa: E402
+from envs import random_actions  # noqa: E402
+
+
+def random_returns(env_id: str, episodes: int, seed: int, num_envs: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(returns, wins) of the first `episodes` episodes that end; wins is empty where the env has none."""
+    rng = np.random.default_rng(seed)
+    returns, wins = [], []
+    with envs.make(env_id, num_envs=min(num_envs, episodes), seed=seed) as env:
+        batch = env.reset()
+        while len(returns) < episodes:
+            batch, _, terminated, truncated, info = env.step(random_actions(env, batch, rng))
+            for e in np.flatnonzero(terminated | truncated):
+                returns.append(float(info["episode"]["return"][e]))
+                if "win" in env.metric_names:
+                    wins.append(float(info["episode"]["win"][e]))
+    return np.array(returns[:episodes]), np.array(wins[:episodes])
+
+
+@dataclass
+class Args:
+    env_ids: list[str] = field(default_factory=lambda: ["mpe-spread"])
+    """env ids"""
+    episodes: int = 100
+    """episodes per env id"""
+    seed: int = 0
+    """seed of the envs and of the random actions"""
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    print("| env | random policy: episodic return (mean ± std) | win rate | episodes |")
+    print("|---|---|---|---|")
+    for env_id in args.env_ids:
+        returns, wins = random_returns(env_id, args.episodes, args.seed)
+        win = f"{100 * wins.mean():.1f}%" if len(wins) else "—"
+        print(f"| {env_id} | {returns.mean():.2f} ± {returns.std():.2f} | {win} | {len(returns)} |", flush=True)
