@@ -15,23 +15,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import envs  # noqa: E402
-from envs import random_actions  # noqa: E402
-
-
-def run_episodes(env_id: str, episodes: int, seed: int, fixed_ts: bool) -> dict[str, float]:
-    """One episode in each of `episodes` parallel envs; the means of their info["episode"]."""
-    rng = np.random.default_rng(seed)
-    with envs.make(env_id, num_envs=episodes, seed=seed, fixed_ts=fixed_ts) as env:
-        batch = env.reset()
-        while True:
-            batch, _, terminated, truncated, info = env.step(random_actions(env, batch, rng))
-            if (terminated | truncated).all():  # every env ends after the same number of steps
-                return {k: float(np.mean(v)) for k, v in info["episode"].items()}
+from benchmark.random_policy import random_episodes  # noqa: E402
 
 
 @dataclass
@@ -50,6 +37,8 @@ if __name__ == "__main__":
     print("|---|---|---|---|---|")
     for env_id in args.env_ids:
         for name, fixed in [("fixed-time (SUMO)", True), ("random phases", False)]:
-            m = run_episodes(env_id, args.episodes, args.seed, fixed)
+            # one episode per env, seeds seed..seed+episodes-1; the fixed-time lights ignore the actions
+            episodes = random_episodes(env_id, args.episodes, args.seed, num_envs=args.episodes, fixed_ts=fixed)
+            m = {k: v.mean() for k, v in episodes.items()}
             row = f"| {env_id} | {name} | {m['return']:.1f} | {m['waiting_time']:.1f} | {m['mean_speed']:.2f} |"
             print(row, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,19 +23,19 @@ import envs  # noqa: E402
 from envs import random_actions  # noqa: E402
 
 
-def random_returns(env_id: str, episodes: int, seed: int, num_envs: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(returns, wins) of the first `episodes` episodes that end; wins is empty where the env has none."""
+def random_episodes(env_id: str, episodes: int, seed: int, num_envs: int = 8, **make_kwargs) -> dict[str, np.ndarray]:
+    """Every per-episode metric of info["episode"] (return, length and the task's own, e.g. win or
+    waiting_time) over the first `episodes` episodes that end under uniformly random actions."""
     rng = np.random.default_rng(seed)
-    returns, wins = [], []
-    with envs.make(env_id, num_envs=min(num_envs, episodes), seed=seed) as env:
+    metrics: dict[str, list[float]] = defaultdict(list)
+    with envs.make(env_id, num_envs=min(num_envs, episodes), seed=seed, **make_kwargs) as env:
         batch = env.reset()
-        while len(returns) < episodes:
+        while len(metrics["return"]) < episodes:
             batch, _, terminated, truncated, info = env.step(random_actions(env, batch, rng))
             for e in np.flatnonzero(terminated | truncated):
-                returns.append(float(info["episode"]["return"][e]))
-                if "win" in env.metric_names:
-                    wins.append(float(info["episode"]["win"][e]))
-    return np.array(returns[:episodes]), np.array(wins[:episodes])
+                for name, values in info["episode"].items():
+                    metrics[name].append(float(values[e]))
+    return {name: np.array(values[:episodes]) for name, values in metrics.items()}
 
 
 @dataclass
@@ -52,6 +53,7 @@ if __name__ == "__main__":
     print("| env | random policy: episodic return (mean ± std) | win rate | episodes |")
     print("|---|---|---|---|")
     for env_id in args.env_ids:
-        returns, wins = random_returns(env_id, args.episodes, args.seed)
-        win = f"{100 * wins.mean():.1f}%" if len(wins) else "—"
+        metrics = random_episodes(env_id, args.episodes, args.seed)
+        returns = metrics["return"]
+        win = f"{100 * metrics['win'].mean():.1f}%" if "win" in metrics else "—"
         print(f"| {env_id} | {returns.mean():.2f} ± {returns.std():.2f} | {win} | {len(returns)} |", flush=True)

@@ -75,10 +75,14 @@ def test_mean_curve_covers_only_the_steps_every_seed_has_logged():
 
 
 def test_random_policy_return_on_the_climbing_game_by_hand():
-    from benchmark.random_policy import random_returns
+    import numpy as np
+
+    from benchmark.random_policy import random_episodes
 
     # one step, uniform over the 3 x 3 payoffs [[11, -30, 0], [-30, 7, 6], [0, 0, 5]]: expected -31 / 9
-    returns, wins = random_returns("matrix-climbing", episodes=4000, seed=0, num_envs=64)
-    assert len(returns) == 4000 and len(wins) == 0
+    metrics = random_episodes("matrix-climbing", episodes=4000, seed=0, num_envs=64)
+    returns = metrics["return"]
+    assert len(returns) == 4000 and "win" not in metrics
+    np.testing.assert_array_equal(metrics["length"], 1)
     assert set(returns) <= {11.0, -30.0, 0.0, 7.0, 6.0, 5.0}
     assert abs(returns.mean() - (-31 / 9)) < 0.8  # the standard error of 4000 episodes is about 0.2
