@@ -8,6 +8,13 @@ win rates move in steps of 10%. This reloads the model each run saved (`runs/<ru
 through the algorithm file's own `--checkpoint` path) and plays `--episodes` greedy episodes on
 a fresh env seeded with the run's seed. One row per experiment (env id, exp_name): the mean ±
 std over seeds of the return and, where the env reports it, the win rate.
+
+`--per-agent` also prints, for the first greedy episode of each model, every agent's reward sum
+(info["agent_rewards"]) and, with discrete actions, how often it chose each action and how often
+it changed action: it finds, e.g., the traffic light whose greedy policy never shows one of its
+green phases.
+
+    python benchmark/evaluate.py --env-ids tsc-cologne8 --exp-names coma --episodes 2 --per-agent
 """
 
 from __future__ import annotations
@@ -45,9 +52,48 @@ def saved_models(runs_dir: str, env_ids: list[str], exp_names: list[str]) -> lis
     return found
 
 
-def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int) -> dict:
+class FirstEpisodeRecorder:
+    """Records, from a vector env's steps, env 0's actions and per-agent rewards until its first episode ends."""
+
+    def __init__(self):
+        self.actions, self.rewards, self.done = [], None, False
+
+    def wrap(self, env):
+        step = env.step
+
+        def recording_step(actions):
+            out = step(actions)
+            if not self.done:
+                _, _, term, trunc, info = out
+                self.actions.append(np.array(actions)[0])
+                r = np.array(info["agent_rewards"][0], dtype=np.float64)
+                self.rewards = r if self.rewards is None else self.rewards + r
+                self.done = bool(term[0] or trunc[0])
+            return out
+
+        env.step = recording_step
+        return env
+
+    def report(self) -> list[str]:
+        actions = np.array(self.actions)
+        lines = []
+        for i, reward in enumerate(self.rewards):
+            line = f"  agent {i}: reward {reward:.2f}"
+            if np.issubdtype(actions.dtype, np.integer):
+                chosen, counts = np.unique(actions[:, i], return_counts=True)
+                changes = int((np.diff(actions[:, i]) != 0).sum())
+                line += f", actions {dict(zip(chosen.tolist(), counts.tolist()))}, changes {changes}"
+            lines.append(line)
+        return [f"  first episode: {len(actions)} steps", *lines]
+
+
+def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int, recorder=None) -> dict:
+    """The algorithm file's own --checkpoint evaluation; with `recorder`, every env it makes is wrapped."""
     module = importlib.import_module(algo)
     args = module.Args(env_id=env_id, seed=seed, checkpoint=path, eval_episodes=episodes)
+    make = module.envs.make
+    if recorder is not None:
+        module.envs.make = lambda *a, **k: recorder.wrap(make(*a, **k))
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:  # the evaluation's own run folder stays out of runs/
         os.chdir(tmp)
@@ -55,6 +101,7 @@ def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int) -> dic
             return module.train(args)
         finally:
             os.chdir(cwd)
+            module.envs.make = make
 
 
 @dataclass
@@ -67,6 +114,8 @@ class Args:
     """only these experiments (default: all found)"""
     episodes: int = 100
     """greedy episodes per saved model"""
+    per_agent: bool = False
+    """also print each agent's reward sum and action counts in the first greedy episode"""
 
 
 def main(args: Args) -> None:
@@ -75,8 +124,11 @@ def main(args: Args) -> None:
         raise SystemExit(f"no saved models under {args.runs_dir!r} for env ids {args.env_ids} / {args.exp_names}")
     results: dict = defaultdict(list)
     for env_id, exp_name, seed, algo, path in models:
-        r = evaluate(algo, env_id, seed, path, args.episodes)
+        recorder = FirstEpisodeRecorder() if args.per_agent else None
+        r = evaluate(algo, env_id, seed, path, args.episodes, recorder)
         print(f"{env_id} {exp_name} seed {seed}: return {r['eval_return']:.3f}, win rate {r['eval_win_rate']:.2f}")
+        if recorder is not None:
+            print("\n".join(recorder.report()))
         results[(env_id, exp_name)].append((r["eval_return"], r["eval_win_rate"]))
     print(f"\n| env | experiment | greedy return ({args.episodes} episodes) | win rate | seeds |")
     print("|---|---|---|---|---|")

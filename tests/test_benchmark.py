@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from benchmark import run
 
@@ -10,7 +11,7 @@ from benchmark import run
 def test_experiment_commands_are_one_per_algorithm_env_and_seed():
     args = run.Args(experiment="param-sharing", seeds=[1, 2], extra="--total-timesteps 1000")
     cmds = run.commands(args)
-    assert len(cmds) == 4 * 2 * 2  # 4 envs x (shared, independent) x 2 seeds
+    assert len(cmds) == 5 * 2 * 2  # 5 envs x (shared, independent) x 2 seeds
     first = cmds[0][1:]
     assert first[:6] == ["mappo.py", "--env-id", "smax-3m", "--seed", "1", "--share-params"]
     # the figure's own budget, then --extra; the algorithm file's parser keeps the last value, so --extra wins
@@ -45,6 +46,15 @@ def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "| matrix-climbing | tiny |" in out and "| 2 |" in out
     assert len(os.listdir("runs")) == 2  # the evaluations wrote no run folders of their own
+
+    evaluate.main(evaluate.Args(runs_dir="runs", episodes=1, per_agent=True))
+    out = capsys.readouterr().out
+    # per model: its return, "first episode: 1 steps" (a one-step game), then one line per agent
+    reports = re.findall(r"return ([-\d.]+), win rate nan\n  first episode: 1 steps\n((?:  agent .*\n){2})", out)
+    assert len(reports) == 2
+    for ret, agents in reports:
+        rewards = re.findall(r"reward ([-\d.]+), actions \{\d: 1\}, changes 0", agents)  # one action, once
+        assert len(rewards) == 2 and all(float(r) == float(ret) for r in rewards)  # the shared payoff, per agent
 
 
 def test_smoothing_over_env_steps_by_hand():
