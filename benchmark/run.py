@@ -35,6 +35,7 @@ PARAM_SHARING_BUDGETS = {
     "smax-2s3z": ["--total-timesteps", "1000000"],
     "mpe-spread": ["--total-timesteps", "150000", "--eval-interval", "25000"],
     "halfcheetah-6x1": ["--total-timesteps", "1000000", "--eval-interval", "100000"],
+    "tsc-cologne8": ["--total-timesteps", "200000", "--eval-interval", "50000", "--eval-episodes", "2"],
 }
 
 # experiment -> list of (algorithm file, env id, extra arguments)
