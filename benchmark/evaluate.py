@@ -9,10 +9,10 @@ through the algorithm file's own `--checkpoint` path) and plays `--episodes` gre
 a fresh env seeded with the run's seed. One row per experiment (env id, exp_name): the mean ±
 std over seeds of the return and, where the env reports it, the win rate.
 
-`--per-agent` also prints, for the first greedy episode of each model, every agent's reward sum
-(info["agent_rewards"]) and, with discrete actions, how often it chose each action and how often
-it changed action: it finds, e.g., the traffic light whose greedy policy never shows one of its
-green phases.
+`--per-agent` also prints, for each greedy episode of each model (the first episode of each of
+the evaluation's min(episodes, 8) parallel envs), every agent's reward sum (info["agent_rewards"])
+and, with discrete actions, how often it chose each action and how often it changed action: it
+finds, e.g., the traffic light whose greedy policy never shows one of its green phases.
 
     python benchmark/evaluate.py --env-ids tsc-cologne8 --exp-names coma --episodes 2 --per-agent
 """
@@ -52,39 +52,48 @@ def saved_models(runs_dir: str, env_ids: list[str], exp_names: list[str]) -> lis
     return found
 
 
-class FirstEpisodeRecorder:
-    """Records, from a vector env's steps, env 0's actions and per-agent rewards until its first episode ends."""
+class EpisodeRecorder:
+    """Records, from a vector env's steps, each env's actions and per-agent rewards until its first episode ends.
+
+    A file's evaluation plays its greedy episodes on min(episodes, 8) parallel envs, so with up to 8
+    episodes this records every one of them.
+    """
 
     def __init__(self):
-        self.actions, self.rewards, self.done = [], None, False
+        self.actions, self.rewards, self.done = None, None, None
 
     def wrap(self, env):
         step = env.step
 
         def recording_step(actions):
             out = step(actions)
-            if not self.done:
-                _, _, term, trunc, info = out
-                self.actions.append(np.array(actions)[0])
-                r = np.array(info["agent_rewards"][0], dtype=np.float64)
-                self.rewards = r if self.rewards is None else self.rewards + r
-                self.done = bool(term[0] or trunc[0])
+            _, _, term, trunc, info = out
+            rewards = np.asarray(info["agent_rewards"], dtype=np.float64)
+            if self.done is None:
+                self.actions, self.rewards = [[] for _ in term], np.zeros_like(rewards)
+                self.done = np.zeros(len(term), dtype=bool)
+            for e in np.flatnonzero(~self.done):
+                self.actions[e].append(np.array(actions)[e])
+                self.rewards[e] += rewards[e]
+            self.done |= np.asarray(term) | np.asarray(trunc)
             return out
 
         env.step = recording_step
         return env
 
     def report(self) -> list[str]:
-        actions = np.array(self.actions)
         lines = []
-        for i, reward in enumerate(self.rewards):
-            line = f"  agent {i}: reward {reward:.2f}"
-            if np.issubdtype(actions.dtype, np.integer):
-                chosen, counts = np.unique(actions[:, i], return_counts=True)
-                changes = int((np.diff(actions[:, i]) != 0).sum())
-                line += f", actions {dict(zip(chosen.tolist(), counts.tolist()))}, changes {changes}"
-            lines.append(line)
-        return [f"  first episode: {len(actions)} steps", *lines]
+        for e in np.flatnonzero(self.done if self.done is not None else []):
+            actions = np.array(self.actions[e])
+            lines.append(f"  episode {e + 1}: {len(actions)} steps")
+            for i, reward in enumerate(self.rewards[e]):
+                line = f"    agent {i}: reward {reward:.2f}"
+                if np.issubdtype(actions.dtype, np.integer):
+                    chosen, counts = np.unique(actions[:, i], return_counts=True)
+                    changes = int((np.diff(actions[:, i]) != 0).sum())
+                    line += f", actions {dict(zip(chosen.tolist(), counts.tolist()))}, changes {changes}"
+                lines.append(line)
+        return lines
 
 
 def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int, recorder=None) -> dict:
@@ -115,7 +124,7 @@ class Args:
     episodes: int = 100
     """greedy episodes per saved model"""
     per_agent: bool = False
-    """also print each agent's reward sum and action counts in the first greedy episode"""
+    """also print each agent's reward sum and action counts in each greedy episode (up to 8)"""
 
 
 def main(args: Args) -> None:
@@ -124,7 +133,7 @@ def main(args: Args) -> None:
         raise SystemExit(f"no saved models under {args.runs_dir!r} for env ids {args.env_ids} / {args.exp_names}")
     results: dict = defaultdict(list)
     for env_id, exp_name, seed, algo, path in models:
-        recorder = FirstEpisodeRecorder() if args.per_agent else None
+        recorder = EpisodeRecorder() if args.per_agent else None
         r = evaluate(algo, env_id, seed, path, args.episodes, recorder)
         print(f"{env_id} {exp_name} seed {seed}: return {r['eval_return']:.3f}, win rate {r['eval_win_rate']:.2f}")
         if recorder is not None:

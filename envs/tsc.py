@@ -13,6 +13,11 @@ a min-green-elapsed flag, then density and queue of each incoming lane. An agent
 sumo-rl's "diff-waiting-time" (decrease of the accumulated waiting time of the vehicles on its
 incoming lanes, in units of 100 s); the team reward is their sum, the per-light rewards are in
 info["agent_rewards"]. The global state is the concatenation of all lights' observations.
+The rewards telescope: the measure starts at 0, so an episode's return is minus the accumulated
+waiting time of the vehicles standing on the incoming lanes at its last step, / 100. SUMO counts
+a vehicle's waiting over the last 1000 s only (sumo-rl's waiting_time_memory; no teleporting), so
+a vehicle stranded for the whole episode costs at most 10. The return thus scores the queue left
+at the end; info["episode"]["waiting_time"] (below) measures the whole episode.
 
 Episodes are truncated (never terminated) after `num_seconds` simulated seconds, i.e.
 num_seconds / delta_time steps (720 at the defaults). info["episode"] holds, averaged over the

@@ -47,14 +47,18 @@ def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatc
     assert "| matrix-climbing | tiny |" in out and "| 2 |" in out
     assert len(os.listdir("runs")) == 2  # the evaluations wrote no run folders of their own
 
-    evaluate.main(evaluate.Args(runs_dir="runs", episodes=1, per_agent=True))
+    evaluate.main(evaluate.Args(runs_dir="runs", episodes=2, per_agent=True))
     out = capsys.readouterr().out
-    # per model: its return, "first episode: 1 steps" (a one-step game), then one line per agent
-    reports = re.findall(r"return ([-\d.]+), win rate nan\n  first episode: 1 steps\n((?:  agent .*\n){2})", out)
+    # per model: its return, then each of the 2 greedy episodes (one step each, on 2 parallel envs)
+    # with one line per agent
+    episode = r"  episode \d: 1 steps\n((?:    agent .*\n){2})"
+    reports = re.findall(r"return ([-\d.]+), win rate nan\n" + episode + episode, out)
     assert len(reports) == 2
-    for ret, agents in reports:
-        rewards = re.findall(r"reward ([-\d.]+), actions \{\d: 1\}, changes 0", agents)  # one action, once
-        assert len(rewards) == 2 and all(float(r) == float(ret) for r in rewards)  # the shared payoff, per agent
+    for ret, *episodes in reports:
+        for agents in episodes:
+            rewards = re.findall(r"reward ([-\d.]+), actions \{\d: 1\}, changes 0", agents)  # one action, once
+            # a deterministic policy on a one-step game: each episode pays the mean return, to every agent
+            assert len(rewards) == 2 and all(float(r) == float(ret) for r in rewards)
 
 
 def test_smoothing_over_env_steps_by_hand():

@@ -94,6 +94,7 @@ def test_2x2_episode_seeding_two_envs_and_close():
         rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
         traj_a, traj_b = [env_a.reset()], [env_b.reset()]
         first_obs = traj_a[0]["obs"].copy()
+        light_returns = np.zeros((2, 4))
         for t in range(STEPS):
             step_a = env_a.step(random_actions(env_a, traj_a[-1], rng_a))
             step_b = env_b.step(random_actions(env_b, traj_b[-1], rng_b))
@@ -105,12 +106,15 @@ def test_2x2_episode_seeding_two_envs_and_close():
             traj_b.append(step_b[0])
             check_batch(env_a, batch)
             np.testing.assert_allclose(reward, info["agent_rewards"].sum(1), rtol=1e-5, atol=1e-6)
+            light_returns += info["agent_rewards"]
             assert not terminated.any()  # traffic never terminates
             if t < STEPS - 1:
                 assert not truncated.any() and "episode" not in info
                 np.testing.assert_array_equal(info["final_obs"], batch["obs"])
         # the last step truncates every env and auto-resets it
         assert truncated.all()
+        # diff-waiting-time telescopes from 0: a light's return is minus the waiting still on its lanes
+        assert (light_returns <= 1e-6).all() and (light_returns < 0).any()
         ep = info["episode"]
         np.testing.assert_array_equal(ep["length"], [STEPS, STEPS])
         for name in ("waiting_time", "mean_speed", "stopped"):
