@@ -68,12 +68,13 @@ class EpisodeRecorder:
         def recording_step(actions):
             out = step(actions)
             _, _, term, trunc, info = out
+            batch_actions = np.array(actions)  # a copy: the caller may reuse its array
             rewards = np.asarray(info["agent_rewards"], dtype=np.float64)
             if self.done is None:
                 self.actions, self.rewards = [[] for _ in term], np.zeros_like(rewards)
                 self.done = np.zeros(len(term), dtype=bool)
             for e in np.flatnonzero(~self.done):
-                self.actions[e].append(np.array(actions)[e])
+                self.actions[e].append(batch_actions[e])
                 self.rewards[e] += rewards[e]
             self.done |= np.asarray(term) | np.asarray(trunc)
             return out
@@ -82,8 +83,10 @@ class EpisodeRecorder:
         return env
 
     def report(self) -> list[str]:
+        if self.done is None:  # the env was never stepped
+            return []
         lines = []
-        for e in np.flatnonzero(self.done if self.done is not None else []):
+        for e in np.flatnonzero(self.done):
             actions = np.array(self.actions[e])
             lines.append(f"  episode {e + 1}: {len(actions)} steps")
             for i, reward in enumerate(self.rewards[e]):
