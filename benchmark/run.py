@@ -93,9 +93,19 @@ def thread_env(workers: int) -> dict[str, str]:
     return env
 
 
+def machine() -> str:
+    """Besides the seed, what decides a run's last digits: torch's version and the CPU kernels it picked
+    (README, Troubleshooting, "Your numbers differ from the README's")."""
+    import torch
+
+    return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
+
+
 def run(cmd: list[str], log_dir: str, env: dict[str, str]) -> int:
     name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])[:200]  # the whole command: unique
     with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
+        log.write(f"# {shlex.join(cmd[1:])}\n# {machine()}\n")
+        log.flush()  # before the run's own output
         start = time.time()
         code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     print(f"[{'ok' if code == 0 else f'exit {code}'}] {time.time() - start:6.0f}s  {shlex.join(cmd[1:])}", flush=True)

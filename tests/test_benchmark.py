@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from benchmark import run
 
@@ -29,6 +30,15 @@ def test_each_parallel_run_gets_its_share_of_the_cores(monkeypatch):
     assert one["OMP_NUM_THREADS"] == "1" and "intra_op_parallelism_threads=1" in one["XLA_FLAGS"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
     assert run.thread_env(workers=8)["OMP_NUM_THREADS"] == "3"
+
+
+def test_each_run_log_starts_with_the_command_and_the_machine(tmp_path):
+    assert run.run([sys.executable, "-c", "print(42)"], str(tmp_path), dict(os.environ)) == 0
+    (log,) = tmp_path.iterdir()
+    header_command, header_machine, output = log.read_text().splitlines()
+    assert header_command == "# -c 'print(42)'"
+    assert re.fullmatch(r"# torch \S+, CPU kernels \w+, \d+ cores", header_machine)
+    assert output == "42"
 
 
 def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatch, capsys):
