@@ -140,7 +140,8 @@ def main(args: Args) -> None:
             grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
-            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            dot = {"marker": "o", "markevery": [0]} if grid[0] == grid[-1] else {}  # one x value: a line would not show
+            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})", **dot)
             ax.fill_between(grid, low, high, alpha=0.2)
         ax.set_xlabel("env steps" if x_col == 0 else "wall time (min)")
         ax.set_ylabel(args.tag)

@@ -98,6 +98,24 @@ def test_mean_curve_covers_only_the_steps_every_seed_has_logged():
     np.testing.assert_allclose([mean, low, high], [[1.0, 2.0, 3.0]] * 3)
 
 
+def test_plot_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmark import plot
+
+    for name, steps in [("tsc-4x4__mappo__1__0", [50, 100]), ("tsc-4x4__maddpg__1__0", [30])]:
+        writer = SummaryWriter(str(tmp_path / "runs" / name))
+        for step in steps:
+            writer.add_scalar("eval/episodic_return", -1.0, step)
+        writer.close()
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    plot.main(plot.Args(runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), tag="eval/episodic_return"))
+    lines = {line.get_label().split()[0]: line for line in saved[0].axes[0].lines}
+    assert lines["maddpg"].get_marker() == "o" and lines["mappo"].get_marker() in ("None", None, "")
+
+
 def test_random_policy_return_on_the_climbing_game_by_hand():
     import numpy as np
 
