@@ -6,9 +6,13 @@ one jitted call): every env steps, the envs whose battle ended are reset in plac
 (`jnp.where` on the state tree), and the key in the env object is split.
 
 - obs: each ally's SMAX "unit_list" observation (other units' features, then its own).
-- state: JaxMARL's world state, the features of every unit (health fraction, position,
-  weapon cooldown, unit-type one-hot; zeros for dead units), then every unit's team and type
-  (`SMAX.get_world_state`, as JaxMARL's MAPPO uses it): 12 * (allies + enemies) numbers.
+- state: JaxMARL's world state (`SMAX.get_world_state`, as JaxMARL's MAPPO uses it), the
+  features of every unit (health fraction, position, weapon cooldown, unit-type one-hot; zeros
+  for dead units), then every unit's team and type: 12 * (allies + enemies) numbers. Position
+  and cooldown are scaled as in the observations (position / map size, cooldown / the unit
+  type's cooldown, so every feature is in [0, 1] like SMAC's normalised state); JaxMARL's raw
+  ones (positions up to the map size of 32, cooldowns up to 7) swamp the health fractions
+  after the critics' input LayerNorm. Runs before 2026-12-06 used the raw values.
 - actions: 0-3 move (SMAX's four diagonal directions), 4 stop (the only action of a dead
   unit, SMAC's "no-op"), 5 + j attack enemy j (available while j is alive and in range).
 - reward: the team reward of the allies: the enemies' health lost this step / enemy count,
@@ -86,12 +90,19 @@ class _Compiled:
             # without this cast the jitted step would compile twice
             return jax.tree.map(lambda x: x.astype(x.dtype), tree)
 
+        def world_state(state):
+            """`SMAX.get_world_state` with every unit's features scaled as in the observations'
+            own-unit features (`SMAX._get_own_features`): position / map size, cooldown / its maximum."""
+            s = state.state
+            units = jax.vmap(env._get_own_features, in_axes=(None, 0))(s, jnp.arange(s.unit_alive.shape[0]))
+            return jnp.concatenate([units.reshape(-1), s.unit_teams, s.unit_types]).astype(jnp.float32)
+
         def views(obs, state):
             """Contract arrays of one env: obs [N, obs_dim], state [S], avail [N, A], alive [N]."""
             avail = env.get_avail_actions(state)
             return (
                 jnp.stack([obs[a] for a in allies]).astype(jnp.float32),
-                obs["world_state"].astype(jnp.float32),
+                world_state(state),
                 jnp.stack([avail[a] for a in allies]).astype(bool),
                 state.state.unit_alive[:n_allies],
             )

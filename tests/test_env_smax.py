@@ -57,6 +57,23 @@ def test_contract_shapes_and_dtypes(env_id, env3m):
 
 
 @needs_jaxmarl
+def test_state_holds_every_units_scaled_features(env3m):
+    # the state's first 10 numbers per unit are that unit's own features as its observation
+    # scales them (health fraction, position / map size, cooldown / max, type one-hot), so an
+    # ally's block equals the last 10 numbers of its observation; then team and type per unit
+    batch, rng = env3m.reset(seed=3), np.random.default_rng(3)
+    for _ in range(15):
+        batch, *_ = env3m.step(random_actions(env3m, batch, rng))
+    N, U = env3m.n_agents, 2 * env3m.n_agents  # 3m: 3 allies, 3 enemies
+    state = batch["state"]
+    for i in range(N):
+        np.testing.assert_array_equal(state[:, 10 * i : 10 * (i + 1)], batch["obs"][:, i, -10:])
+    units = state[:, : 10 * U]
+    assert units.min() >= 0.0 and units.max() <= 1.0 and units[:, 1:3].max() > 0.0  # positions scaled, present
+    np.testing.assert_array_equal(state[0, 10 * U :], [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])  # teams, then types
+
+
+@needs_jaxmarl
 def test_avail_masks_and_action_errors(env3m):
     batch = env3m.reset()
     # at the start nobody is in range: the 4 moves and stop are available, no attack

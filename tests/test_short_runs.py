@@ -95,6 +95,18 @@ def test_short_run_saves_and_reloads(algo, env_id, overrides):
     assert math.isfinite(reloaded["eval_return"])
 
 
+@pytest.mark.parametrize(
+    "env_id,overrides",
+    [("ant-2x4", {"state_type": "FP"}), ("smax-3m", {"state_type": "FP", "hidden_norm": False})],
+)  # ant-2x4: truncation at 50 steps; smax-3m: dead agents
+def test_happo_architecture_options_run_and_their_checkpoints_reload(env_id, overrides):
+    module, args = make_args("happo", env_id, **overrides)
+    result = module.train(args)
+    assert result["global_step"] >= args.total_timesteps and math.isfinite(result["eval_return"])
+    _, eval_args = make_args("happo", env_id, checkpoint=result["model_path"])  # the options come from the checkpoint
+    assert module.train(eval_args)["global_step"] == 0
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_evaluations_during_and_after_training_are_logged_once_per_step(algo):
     from benchmark.plot import read_scalars
