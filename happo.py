@@ -480,7 +480,7 @@ def train(args: Args) -> dict:
 
     if args.checkpoint:  # evaluate a saved model instead of training
         ckpt = load_checkpoint(args, algo)
-        # (checkpoints older than --state-type had the one V(s): the default is kept for them)
+        # checkpoints made before --state-type and --hidden-norm lack them: they had the defaults
         args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS if k in ckpt["args"]})
         args.init_mean = tuple(args.init_mean)
         probe = envs.make(args.env_id, num_envs=1, seed=args.seed)
@@ -561,7 +561,9 @@ def train(args: Args) -> dict:
                 actions = np.clip(actions, env.act_low, env.act_high)  # log-prob is of the unclipped sample
             batch, reward, terminated, truncated, info = env.step(actions)
             global_step += E
-            reward = torch.as_tensor(reward, device=device).reshape(E, *[1] * len(per_agent)).repeat(1, *per_agent)
+            reward = torch.as_tensor(reward, device=device)
+            if agents.per_agent_values:  # FP: the team reward once per agent, for its own value
+                reward = reward.unsqueeze(1).repeat(1, N)
             if truncated.any():  # bootstrap from the final state of truncated episodes
                 rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
                 final_state = torch.as_tensor(info["final_state"], device=device)[rows]
@@ -569,7 +571,8 @@ def train(args: Args) -> dict:
                 with torch.no_grad():
                     reward[rows] += args.gamma * value_norm.denormalize(agents.value(final_state, final_obs))
             reward_buf[t] = reward
-            done_buf[t] = torch.as_tensor(terminated | truncated, **f32).reshape(E, *[1] * len(per_agent))
+            done = torch.as_tensor(terminated | truncated, **f32)
+            done_buf[t] = done.unsqueeze(1) if agents.per_agent_values else done
             if "episode" in info:
                 for e in np.flatnonzero(terminated | truncated):
                     recent_returns.append(float(info["episode"]["return"][e]))
