@@ -6,7 +6,8 @@ In the lecture's terms:
   agent's own observation; no parameter sharing by default (`--share-params` for comparison,
   with the one-hot agent id appended to the input);
 - critic: a single centralised V(s) on the global state, trained after the actors (line 16),
-  with GAE(lambda) advantages A(s, a) from it (line 7);
+  with GAE(lambda) advantages A(s, a) from it (line 7); with `--state-type FP` (HARL's per-agent
+  critic state) one network gives every agent i its own V(s, o^i, i), and agent i its own A^i;
 - the multi-agent advantage decomposition (lines 8-15): every iteration draws a random
   permutation i_1..i_n of the agents (`--fixed-order` keeps 0..n-1), sets M^{i_1} = A, and for
   agent i_m (`trpo_update`):
@@ -29,6 +30,9 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   search) and the surrogate are averaged over alive agents only (HARL averages the KL over all).
 - Advantages are normalised (mean 0, std 1 over the alive samples of the batch) by default
   (`--no-norm-adv` to disable); HARL does so only for its "FP" (per-agent) critic state.
+- `--state-type FP` builds agent i's critic input from the global state, its observation and its
+  one-hot id; HARL's FP state is the env's own agent-specific state (SMAC's `get_state_agent`:
+  the state's features relative to agent i), which the env contract here does not provide.
 - Value normalisation uses exact running mean/variance of the returns, updated once per
   iteration; HARL uses a debiased exponential average (beta 0.99999), updated per minibatch.
 - Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
@@ -53,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -138,6 +143,9 @@ class Args:
     """normalise the advantages over the batch"""
     value_norm: bool = True
     """normalise the value targets with running statistics"""
+    state_type: Literal["EP", "FP"] = "EP"
+    """the critic's input (HARL's state_type): EP = the env's global state, one V(s) for the team;
+    FP = the global state, agent i's observation and one-hot id: one V(s, o^i, i) per agent"""
     hidden_dim: int = 128
     """width of the two hidden layers of every network"""
     feature_norm: bool = True
@@ -155,7 +163,7 @@ class Args:
 
 
 # the fields that define the networks: taken from the checkpoint when evaluating one
-ARCH_FIELDS = ("share_params", "hidden_dim", "feature_norm", "log_std_init", "init_mean")
+ARCH_FIELDS = ("share_params", "hidden_dim", "feature_norm", "log_std_init", "init_mean", "state_type")
 
 
 # ------------------------------------------------------------------------------ networks
@@ -194,7 +202,7 @@ class Actor(nn.Module):
 
 
 class HAAgents(nn.Module):
-    """The n actors (or one shared actor) and the centralised critic V(s)."""
+    """The n actors (or one shared actor) and the centralised critic: V(s), or V(s, o^i, i) per agent."""
 
     def __init__(self, env, args):
         super().__init__()
@@ -210,8 +218,10 @@ class HAAgents(nn.Module):
             self.actors = nn.ModuleList(
                 [Actor(self.obs_dims[i], self.act_dims[i], init_mean=means[i], **kw) for i in range(self.n_agents)]
             )
+        self.per_agent_values = args.state_type == "FP"
+        critic_in = env.state_dim + (env.obs_dim + env.n_agents if self.per_agent_values else 0)
         self.critic = nn.Sequential(
-            mlp(env.state_dim, args.hidden_dim, args.feature_norm), layer_init(nn.Linear(args.hidden_dim, 1), std=1.0)
+            mlp(critic_in, args.hidden_dim, args.feature_norm), layer_init(nn.Linear(args.hidden_dim, 1), std=1.0)
         )
         self.register_buffer("agent_ids", torch.eye(env.n_agents))
 
@@ -232,7 +242,11 @@ class HAAgents(nn.Module):
             return dist.log_prob(action), dist.entropy()
         return dist.log_prob(action[:, : self.act_dims[i]]).sum(-1), dist.entropy().sum(-1)
 
-    def value(self, state):
+    def value(self, state, obs):
+        """V(s) [B] from the states [B, state_dim]; with FP, V(s, o^i, i) [B, N] also from the obs [B, N, obs_dim]."""
+        if self.per_agent_values:
+            B, N = obs.shape[:2]
+            state = torch.cat([state.unsqueeze(1).expand(-1, N, -1), obs, self.agent_ids.expand(B, -1, -1)], -1)
         return self.critic(state).squeeze(-1)
 
     @torch.no_grad()
@@ -317,14 +331,16 @@ def compute_gae(rewards, values, dones, next_value, gamma: float, gae_lambda: fl
 def sequential_update(order, advantages, update_agent: Callable):
     """The multi-agent advantage decomposition (Algorithm 2, lines 9-15).
 
-    M^{i_1} = A; for i_m in order: update_agent(i_m, M^{i_1:m}) updates agent i_m against M and
-    returns its new/old probability ratio on the same batch (detached); then
-    M^{i_1:m+1} = ratio * M^{i_1:m}. Returns the last M.
+    advantages [B, N]: column i is the advantage agent i is updated against (the same A in every
+    column with one V(s); A^i from V(s, o^i, i) with FP). M^{i_1} = A; for i_m in order:
+    update_agent(i_m, M^{i_1:m}) updates agent i_m against column i_m of M and returns its new/old
+    probability ratio on the same batch [B] (detached); then M^{i_1:m+1} = ratio * M^{i_1:m}.
+    Returns the last M.
     """
     M = advantages.clone()
     for i in order:
         ratio = update_agent(i, M)
-        M = ratio.detach() * M
+        M = ratio.detach().unsqueeze(1) * M
     return M
 
 
@@ -418,9 +434,9 @@ def line_search(evaluate: Callable, params, full_step, expected_improvement: flo
 
 
 def trpo_update(agents, agent_ids, data, M, args, stats):
-    """One trust-region step of the agents' policy against M (Algorithm 2, lines 11-13).
+    """One trust-region step of the agents' policy against M [B, N] (Algorithm 2, lines 11-13).
 
-    agent_ids is [i_m], or every agent when one actor is shared.
+    agent_ids is [i_m], or every agent when one actor is shared; agent i's samples use column i of M.
     """
     params = list(agents.actor(agent_ids[0]).parameters())
     samples = [agent_batch(data, i, slice(None)) for i in agent_ids]
@@ -433,7 +449,7 @@ def trpo_update(agents, agent_ids, data, M, args, stats):
         for i, (obs, avail, act, logp_old, alive), old in zip(agent_ids, samples, old_dists):
             dist = agents.dist(i, obs, avail)
             logp = agents.log_prob_entropy(i, dist, act)[0]
-            surrogate = surrogate + masked_mean((logp - logp_old).exp() * M, alive) / len(agent_ids)
+            surrogate = surrogate + masked_mean((logp - logp_old).exp() * M[:, i], alive) / len(agent_ids)
             kl = kl + masked_mean(kl_divergence(old, dist), alive) / len(agent_ids)
         return surrogate, kl
 
@@ -549,7 +565,8 @@ def train(args: Args) -> dict:
 
     if args.checkpoint:  # evaluate a saved model instead of training
         ckpt = load_checkpoint(args, algo)
-        args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS})
+        # checkpoints made before --state-type lack it: they had the default
+        args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS if k in ckpt["args"]})
         args.init_mean = tuple(args.init_mean)
         probe = envs.make(args.env_id, num_envs=1, seed=args.seed)
         check_args(args, probe.discrete)
@@ -594,9 +611,10 @@ def train(args: Args) -> dict:
     else:
         act_buf = torch.zeros((T, E, N, env.act_dim), **f32)
     logp_buf = torch.zeros((T, E, N), **f32)
-    value_buf = torch.zeros((T, E), **f32)  # denormalised V(s_t)
-    reward_buf = torch.zeros((T, E), **f32)
-    done_buf = torch.zeros((T, E), **f32)
+    per_agent = (N,) if agents.per_agent_values else ()  # FP: values, rewards and ends once per agent
+    value_buf = torch.zeros((T, E, *per_agent), **f32)  # denormalised V(s_t) (or V(s_t, o^i_t, i))
+    reward_buf = torch.zeros((T, E, *per_agent), **f32)
+    done_buf = torch.zeros((T, E, *per_agent), **f32)
 
     global_step, start_time, next_eval = 0, time.time(), args.eval_interval
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
@@ -617,7 +635,7 @@ def train(args: Args) -> dict:
                 avail_buf[t] = avail
             actions, logp = agents.act(obs, avail)
             with torch.no_grad():
-                value_buf[t] = value_norm.denormalize(agents.value(state))
+                value_buf[t] = value_norm.denormalize(agents.value(state, obs))
             act_buf[t], logp_buf[t] = actions, logp
             actions = actions.cpu().numpy()
             if not env.discrete:
@@ -625,13 +643,17 @@ def train(args: Args) -> dict:
             batch, reward, terminated, truncated, info = env.step(actions)
             global_step += E
             reward = torch.as_tensor(reward, device=device)
+            if agents.per_agent_values:  # FP: the team reward once per agent, for its own value
+                reward = reward.unsqueeze(1).repeat(1, N)
             if truncated.any():  # bootstrap from the final state of truncated episodes
                 rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
                 final_state = torch.as_tensor(info["final_state"], device=device)[rows]
+                final_obs = torch.as_tensor(info["final_obs"], device=device)[rows]
                 with torch.no_grad():
-                    reward[rows] += args.gamma * value_norm.denormalize(agents.value(final_state))
+                    reward[rows] += args.gamma * value_norm.denormalize(agents.value(final_state, final_obs))
             reward_buf[t] = reward
-            done_buf[t] = torch.as_tensor(terminated | truncated, **f32)
+            done = torch.as_tensor(terminated | truncated, **f32)
+            done_buf[t] = done.unsqueeze(1) if agents.per_agent_values else done
             if "episode" in info:
                 for e in np.flatnonzero(terminated | truncated):
                     recent_returns.append(float(info["episode"]["return"][e]))
@@ -643,7 +665,8 @@ def train(args: Args) -> dict:
 
         # -------------------------------------------------------- line 7: GAE advantages
         with torch.no_grad():
-            next_value = value_norm.denormalize(agents.value(torch.as_tensor(batch["state"], device=device)))
+            next_state, next_obs = (torch.as_tensor(batch[k], device=device) for k in ("state", "obs"))
+            next_value = value_norm.denormalize(agents.value(next_state, next_obs))
         advantages, returns = compute_gae(reward_buf, value_buf, done_buf, next_value, args.gamma, args.gae_lambda)
 
         B = T * E
@@ -651,12 +674,14 @@ def train(args: Args) -> dict:
         b_avail = avail_buf.reshape(B, N, -1) if env.discrete else None
         b_act = act_buf.reshape(B, N, *act_buf.shape[3:])
         b_logp = logp_buf.reshape(B, N)
-        b_adv = advantages.reshape(B)
-        if args.norm_adv:
-            any_alive = b_alive.any(1)
-            mu = masked_mean(b_adv, any_alive)
-            std = masked_mean((b_adv - mu) ** 2, any_alive).sqrt()
+        b_adv = advantages.reshape(B, *per_agent)
+        if args.norm_adv:  # over the samples of alive agents (with one V(s): the steps with any agent alive)
+            alive = b_alive if agents.per_agent_values else b_alive.any(1)
+            mu = masked_mean(b_adv, alive)
+            std = masked_mean((b_adv - mu) ** 2, alive).sqrt()
             b_adv = (b_adv - mu) / (std + 1e-8)
+        if not agents.per_agent_values:
+            b_adv = b_adv.unsqueeze(1).expand(B, N)  # every agent's column holds the team's A
 
         data = {"obs": b_obs, "avail": b_avail, "act": b_act, "logp": b_logp, "alive": b_alive}
         stats = {"kl": [], "surrogate_improvement": [], "expected_improvement": [], "line_search_accepted": []}
@@ -670,10 +695,10 @@ def train(args: Args) -> dict:
             sequential_update(order, b_adv, functools.partial(update_agent, agents, data, args, stats))
 
         # ----------------------------------------------------- line 16: the critic, after the actors
-        b_state, b_returns = state_buf.reshape(B, -1), returns.reshape(B)
+        b_state, b_returns = state_buf.reshape(B, -1), returns.reshape(B, *per_agent)
         value_norm.update(b_returns)
         b_targets = value_norm.normalize(b_returns)
-        b_old_v = value_norm.normalize(value_buf.reshape(B))
+        b_old_v = value_norm.normalize(value_buf.reshape(B, *per_agent))
         critic_mb = B // args.critic_num_minibatches
         v_losses = []
         for _ in range(args.critic_epochs):
@@ -681,8 +706,8 @@ def train(args: Args) -> dict:
             for start in range(0, B, critic_mb):
                 idx = perm[start : start + critic_mb]
                 v_loss = args.vf_coef * value_loss(
-                    agents.value(b_state[idx]), b_old_v[idx], b_targets[idx], args.clip_coef, args.clip_vloss,
-                    args.huber_delta,
+                    agents.value(b_state[idx], b_obs[idx]), b_old_v[idx], b_targets[idx], args.clip_coef,
+                    args.clip_vloss, args.huber_delta,
                 )  # fmt: skip
                 critic_optim.zero_grad()
                 v_loss.backward()

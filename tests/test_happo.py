@@ -1,8 +1,8 @@
 """HAPPO (happo.py): the multi-agent advantage decomposition, the HAPPO-clip loss, GAE, and learning.
 
-The M factor chain and the product-game learning test are the same for happo.py and hatrpo.py;
-they are tested here for both (happo.py's chain holds one column of M per agent, for its per-agent
-"FP" critic values).
+The M factor chain, the per-agent "FP" critic and the product-game learning test are the same
+for happo.py and hatrpo.py; they are tested here for both (the chain holds one column of M per
+agent, for the per-agent critic values).
 """
 
 import math
@@ -20,16 +20,13 @@ def test_m_factor_chain_over_a_permutation_of_three_agents(algo):
     # new/old ratios after each agent's update: agent 2 -> [2, 0.5], agent 0 -> [0.5, 3], agent 1 -> [4, 4]
     ratios = {2: torch.tensor([2.0, 0.5]), 0: torch.tensor([0.5, 3.0]), 1: torch.tensor([4.0, 4.0])}
     seen = []
-    A = torch.tensor([1.0, -2.0])
-    if algo is happo:  # happo.py: one column per agent, each the team's A with one V(s)
-        A = A.unsqueeze(1).repeat(1, 3)
+    A = torch.tensor([1.0, -2.0]).unsqueeze(1).repeat(1, 3)  # one column per agent, each the team's A
 
     def update_agent(i, M):
-        seen.append((i, M.clone() if algo is hatrpo else M[:, i].clone()))
+        seen.append((i, M[:, i].clone()))
         return ratios[i]
 
-    M_last = algo.sequential_update([2, 0, 1], A, update_agent)
-    M_last = M_last if algo is hatrpo else M_last[:, 0]
+    M_last = algo.sequential_update([2, 0, 1], A, update_agent)[:, 0]
     assert [i for i, _ in seen] == [2, 0, 1]
     # M^{i_1} = A = [1, -2]
     torch.testing.assert_close(seen[0][1], torch.tensor([1.0, -2.0]))
@@ -41,7 +38,8 @@ def test_m_factor_chain_over_a_permutation_of_three_agents(algo):
     torch.testing.assert_close(M_last, torch.tensor([4.0, -12.0]))
 
 
-def test_m_factor_chain_with_per_agent_advantages():
+@pytest.mark.parametrize("algo", [happo, hatrpo], ids=["happo", "hatrpo"])
+def test_m_factor_chain_with_per_agent_advantages(algo):
     # --state-type FP: agent i is updated against its own A^i; the ratios scale every column.
     # order (2, 0, 1), ratios as above; columns A^0 = [1, -2], A^1 = [3, 1], A^2 = [-1, 4]
     ratios = {2: torch.tensor([2.0, 0.5]), 0: torch.tensor([0.5, 3.0]), 1: torch.tensor([4.0, 4.0])}
@@ -52,7 +50,7 @@ def test_m_factor_chain_with_per_agent_advantages():
         return ratios[i]
 
     A = torch.tensor([[1.0, 3.0, -1.0], [-2.0, 1.0, 4.0]])
-    M_last = happo.sequential_update([2, 0, 1], A, update_agent)
+    M_last = algo.sequential_update([2, 0, 1], A, update_agent)
     torch.testing.assert_close(seen[2], torch.tensor([-1.0, 4.0]))  # A^2
     torch.testing.assert_close(seen[0], torch.tensor([2.0, -1.0]))  # r^2 A^0 = [2 * 1, 0.5 * -2]
     torch.testing.assert_close(seen[1], torch.tensor([3.0, 1.5]))  # r^0 r^2 A^1 = [0.5 * 2 * 3, 3 * 0.5 * 1]
@@ -60,15 +58,16 @@ def test_m_factor_chain_with_per_agent_advantages():
     torch.testing.assert_close(M_last, torch.tensor([[4.0, 12.0, -4.0], [-12.0, 6.0, 24.0]]))
 
 
-def test_fp_critic_gives_one_value_per_agent_from_state_obs_and_id():
+@pytest.mark.parametrize("algo", [happo, hatrpo], ids=["happo", "hatrpo"])
+def test_fp_critic_gives_one_value_per_agent_from_state_obs_and_id(algo):
     import envs
 
     env = envs.make("smax-3m", num_envs=2, seed=0)
     batch = env.reset()
     env.close()
     state, obs = torch.as_tensor(batch["state"]), torch.as_tensor(batch["obs"])
-    ep = happo.HAAgents(env, happo.Args(state_type="EP"))
-    fp = happo.HAAgents(env, happo.Args(state_type="FP"))
+    ep = algo.HAAgents(env, algo.Args(state_type="EP"))
+    fp = algo.HAAgents(env, algo.Args(state_type="FP"))
     assert ep.value(state, obs).shape == (2,)
     assert fp.critic[0][0].normalized_shape == (env.state_dim + env.obs_dim + env.n_agents,)
     values = fp.value(state, obs)
@@ -132,14 +131,15 @@ def test_probability_ratio_is_one_for_dead_agents():
         (happo, {"learning_rate": 0.03}),
         (happo, {"learning_rate": 0.03, "state_type": "FP"}),
         (hatrpo, {"kl_threshold": 0.05}),
+        (hatrpo, {"kl_threshold": 0.05, "state_type": "FP"}),
     ],
-    ids=["happo", "happo-fp", "hatrpo"],
+    ids=["happo", "happo-fp", "hatrpo", "hatrpo-fp"],
 )
 def test_learns_product_game_from_the_lectures_initialisation(algo, step_size, tmp_path, monkeypatch):
     # The lecture's example: Gaussian means start at -0.25 and 0.25, so the untrained joint return
     # is about -0.25 * 0.25 = -0.06; the optimum is 4 at (2, 2) or (-2, -2).
     # Measured (seed 1): eval return 4.00 after 10,000 steps (50 iterations), ~15 s on one core;
-    # happo with --state-type FP (per-agent values): 4.00 for seeds 1, 2 and 3.
+    # happo and hatrpo with --state-type FP (per-agent values): 4.00 for seeds 1, 2 and 3.
     monkeypatch.chdir(tmp_path)
     result = algo.train(
         algo.Args(

@@ -96,14 +96,19 @@ def test_short_run_saves_and_reloads(algo, env_id, overrides):
 
 
 @pytest.mark.parametrize(
-    "env_id,overrides",
-    [("ant-2x4", {"state_type": "FP"}), ("smax-3m", {"state_type": "FP", "hidden_norm": False})],
+    "algo,env_id,overrides",
+    [
+        ("happo", "ant-2x4", {"state_type": "FP"}),
+        ("happo", "smax-3m", {"state_type": "FP", "hidden_norm": False}),
+        ("hatrpo", "ant-2x4", {"state_type": "FP"}),
+        ("hatrpo", "smax-3m", {"state_type": "FP"}),
+    ],
 )  # ant-2x4: truncation at 50 steps; smax-3m: dead agents
-def test_happo_architecture_options_run_and_their_checkpoints_reload(env_id, overrides):
-    module, args = make_args("happo", env_id, **overrides)
+def test_happo_hatrpo_architecture_options_run_and_their_checkpoints_reload(algo, env_id, overrides):
+    module, args = make_args(algo, env_id, **overrides)
     result = module.train(args)
     assert result["global_step"] >= args.total_timesteps and math.isfinite(result["eval_return"])
-    _, eval_args = make_args("happo", env_id, checkpoint=result["model_path"])  # the options come from the checkpoint
+    _, eval_args = make_args(algo, env_id, checkpoint=result["model_path"])  # the options come from the checkpoint
     assert module.train(eval_args)["global_step"] == 0
 
 
