@@ -136,13 +136,16 @@ def main(args: Args) -> None:
     slug = args.tag.replace("/", "_")
     for env_id, experiments in sorted(found.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for exp_name, curves in sorted(experiments.items()):
+        tab20 = plt.get_cmap("tab20").colors  # tab20's ten dark colours, then its ten light ones
+        palette = plt.get_cmap("tab10").colors if len(experiments) <= 10 else tab20[0::2] + tab20[1::2]
+        for colour, (exp_name, curves) in zip(palette, sorted(experiments.items())):
             grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
             dot = {"marker": "o", "markevery": [0]} if grid[0] == grid[-1] else {}  # one x value: a line would not show
-            ax.plot(grid, mean, label=f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})", **dot)
-            ax.fill_between(grid, low, high, alpha=0.2)
+            label = f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            ax.plot(grid, mean, label=label, color=colour, **dot)
+            ax.fill_between(grid, low, high, color=colour, alpha=0.2)
         ax.set_xlabel("env steps" if x_col == 0 else "wall time (min)")
         ax.set_ylabel(args.tag)
         ax.set_title(env_id)
