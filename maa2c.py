@@ -103,7 +103,7 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda of GAE(lambda)"""
     norm_adv: bool = True
-    """if toggled, normalise the advantages over the batch (on SMAX --no-norm-adv avoids an entropy collapse)"""
+    """if toggled, normalise the advantages over the batch (off: better on smax-3m, fails on smax-2s3z: README)"""
     value_norm: bool = True
     """if toggled, normalise the value targets with running statistics (the MAPPO paper's ValueNorm)"""
     ent_coef: float = 0.01
