@@ -134,11 +134,14 @@ def main(args: Args) -> None:
         raise SystemExit(f"no runs with scalar {args.tag!r} under {args.runs_dir!r}")
     x_col = 0 if args.x == "steps" else 2
     slug = args.tag.replace("/", "_")
+    tab10 = plt.get_cmap("tab10").colors
+    tab20 = plt.get_cmap("tab20").colors
+    tab20 = tab20[0::2] + tab20[1::2]  # its ten dark colours, then its ten light ones
     for env_id, experiments in sorted(found.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
-        tab20 = plt.get_cmap("tab20").colors  # tab20's ten dark colours, then its ten light ones
-        palette = plt.get_cmap("tab10").colors if len(experiments) <= 10 else tab20[0::2] + tab20[1::2]
-        for colour, (exp_name, curves) in zip(palette, sorted(experiments.items())):
+        palette = tab10 if len(experiments) <= 10 else tab20
+        for i, (exp_name, curves) in enumerate(sorted(experiments.items())):
+            colour = palette[i % len(palette)]  # past 20 lines colours repeat; no line is left out
             grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
