@@ -34,10 +34,13 @@ The TD(lambda) recursion is cut at episode ends and at the end of the rollout:
     sampled (not executed; the next iteration samples again with the updated policy).
   Inside an episode: G_t = r_t + gamma [(1 - lambda) Q_target(s_{t+1}, u_{t+1}) + lambda G_{t+1}].
 
-Exploration as in the paper / EPyMARL: the policy is mixed with a uniform distribution over
-the available actions, pi = (1 - eps) softmax + eps / |avail|, eps annealed linearly from
-`epsilon_start` to `epsilon_finish`; this mixed pi is used for sampling, log pi and the
-baseline (as in pymarl/EPyMARL). Evaluation is greedy (argmax over available actions).
+Exploration as in the paper and pymarl (EPyMARL's COMA samples the plain masked softmax and
+adds an entropy bonus instead): the policy is mixed with a uniform distribution over the
+available actions, pi = (1 - eps) softmax + eps / |avail|, eps annealed linearly from
+`epsilon_start` to `epsilon_finish` (pymarl's 0.5 and 0.01; over 50k env steps here, 100k in
+pymarl); this mixed pi is used for sampling, log pi and the baseline (as in pymarl, which mixes
+over all actions and renormalises over the available ones). Evaluation is greedy (argmax over
+available actions).
 
 Logging: charts/episodic_return (and _length, win_rate) is one point per iteration, the mean of
 the episodes that ended in it (one point per episode would flood TensorBoard on one-step games).
@@ -57,10 +60,11 @@ Deliberate differences from the paper and EPyMARL's COMA:
 - One full-batch critic gradient step per iteration (`critic_updates` of them) instead of the
   paper's / pymarl's sequential per-timestep critic updates (reverse time order); the
   advantage uses the critic after its update.
-- Adam (eps 1e-5) instead of RMSprop; gradient norm clipped to `max_grad_norm` (pymarl: 10).
-- TD(lambda) (paper, pymarl, lambda = 0.8) rather than the n-step returns of recent EPyMARL
-  versions; an optional entropy bonus (`ent_coef`, EPyMARL has one; the paper has none),
-  computed on the masked softmax before the epsilon mix.
+- Adam (eps 1e-5) instead of the paper's / pymarl's RMSprop (EPyMARL: Adam, PyTorch's default
+  eps); gradient norm clipped to `max_grad_norm` (pymarl: 10).
+- TD(lambda) (paper, pymarl, lambda = 0.8) rather than EPyMARL's 5-step returns (`q_nstep: 5`);
+  an optional entropy bonus (`ent_coef`, off by default as in the paper; EPyMARL's coma.yaml:
+  0.01), computed on the masked softmax before the epsilon mix.
 - With --no-share-params only the actor is per agent; the centralised critic is always one
   network with the agent id as input (as in the paper).
 """

@@ -20,7 +20,8 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
 - The Gaussian std is a learned state-independent exp(log_std), initialised at exp(-1) = 0.37;
   HARL uses 0.5 * sigmoid(x) with x initialised at 1 (also 0.37 at the start) which bounds it.
 - Advantages are normalised (mean 0, std 1 over the alive samples of the batch) by default
-  (`--no-norm-adv` to disable); HARL does so only for its "FP" (per-agent) critic state.
+  (`--no-norm-adv` to disable), as HARL does; with one V(s) (EP) once for the team over the steps
+  with any agent alive, where HARL normalises inside each agent's update over its alive steps.
 - Value normalisation uses exact running mean/variance of the returns, updated once per
   iteration; HARL uses a debiased exponential average (beta 0.99999), updated per minibatch.
 - `--state-type FP` builds agent i's critic input from the global state, its observation and its
@@ -28,8 +29,10 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   the state's features relative to agent i), which the env contract here does not provide.
 - Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
   cut there (same result as HARL's `use_proper_time_limits`, written differently).
-- `--share-params`: one actor updated once on all agents' samples with M = A (no sequential
-  scheme, which needs separate policies), exactly as HARL's `share_param_train` does.
+- `--share-params`: one actor updated once on all agents' samples with M = A, as HARL's MAPPO
+  (`share_param_train`) does; HARL's HAPPO with `share_param` instead updates the one shared actor
+  agent by agent with the factor M, though each such update also moves the agents already
+  updated, which the sequential scheme assumes fixed.
 - Dead agents (SMAX, batch["alive"] False) are left out of their actor loss and entropy (HARL's
   policy active masks), and their ratio is taken as 1 in the M factor.
 - Defaults are HARL's (num_envs 20, num_steps 200, 5 epochs, 1 minibatch, lr 5e-4, clip 0.2,

@@ -29,7 +29,8 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   approximation on the logits (exp(p - q) - 1 - p + q). The mean KL (for H and for the line
   search) and the surrogate are averaged over alive agents only (HARL averages the KL over all).
 - Advantages are normalised (mean 0, std 1 over the alive samples of the batch) by default
-  (`--no-norm-adv` to disable); HARL does so only for its "FP" (per-agent) critic state.
+  (`--no-norm-adv` to disable), as HARL does; with one V(s) (EP) once for the team over the steps
+  with any agent alive, where HARL normalises inside each agent's update over its alive steps.
 - `--state-type FP` builds agent i's critic input from the global state, its observation and its
   one-hot id; HARL's FP state is the env's own agent-specific state (SMAC's `get_state_agent`:
   the state's features relative to agent i), which the env contract here does not provide.
@@ -37,10 +38,13 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   iteration; HARL uses a debiased exponential average (beta 0.99999), updated per minibatch.
 - Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
   cut there (same result as HARL's `use_proper_time_limits`, written differently).
-- `--share-params`: one actor, one trust-region step on all agents' samples with M = A (no
-  sequential scheme, which needs separate policies), as HARL's `share_param_train` does.
+- `--share-params`: one actor, one trust-region step on all agents' samples with M = A, as
+  HARL's MAPPO (`share_param_train`) does for its PPO step; HARL's HATRPO with `share_param`
+  instead steps the one shared actor agent by agent with the factor M, though each such step also
+  moves the agents already updated, which the sequential scheme assumes fixed.
 - Dead agents (SMAX, batch["alive"] False) are left out of the surrogate and the KL (HARL's
-  policy active masks), and their ratio is taken as 1 in the M factor.
+  policy active masks, which HARL applies to the surrogate only), and their ratio is taken as 1
+  in the M factor.
 - Defaults are HARL's (num_envs 20, num_steps 200, kl_threshold 0.01, ls_step 10, accept_ratio
   0.5, backtrack_coeff 0.8, 10 CG iterations, damping 0.1, critic lr 5e-4 with 5 epochs, Huber(10)
   clipped value loss, 2x128 ReLU MLPs with LayerNorm); the default env is the lecture's product

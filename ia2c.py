@@ -13,10 +13,12 @@ One gradient step per rollout: no ratio, no clipping, no epochs.
     L_actor = -E[log pi(a_i | o_i) * A] - c_ent * H[pi]
     L_critic = E[(V(o_i) - R)^2] on normalised targets R (ValueNorm)
 
-Reference implementation: EPyMARL (`ia2c.yaml`, `ActorCriticLearner` with the `ac_critic`).
+Reference implementation: EPyMARL (its recent `ia2c.yaml`, `ActorCriticLearner` with the
+`ac_critic`; earlier versions of ia2c.yaml had lr 3e-4, width 64, hard target
+updates every 200 training steps and MLP agents).
 Kept from it: the shared team reward, parameter sharing with the agent id, a V(o_i) critic,
-lr 5e-4 for actor and critic (separate Adam optimisers), entropy 0.01, gamma 0.99,
-gradient-norm clipping at 10, hidden width 128, masked categorical actions.
+lr 5e-4 for actor and critic (separate Adam optimisers), gamma 0.99, gradient-norm clipping
+at 10, hidden width 128, masked categorical actions.
 
 Deliberate differences from EPyMARL (most of them the MAPPO paper's implementation details,
 kept in every file of the family so that the four compare side by side):
@@ -25,10 +27,13 @@ kept in every file of the family so that the four compare side by side):
 - Value normalisation with running statistics (the MAPPO paper's ValueNorm) instead of
   EPyMARL's reward standardisation (`standardise_rewards`), and advantage normalisation over
   the batch (EPyMARL uses raw advantages).
+- Entropy coefficient 0.01 (EPyMARL's maa2c.yaml value) instead of ia2c.yaml's 0.001, so that
+  IA2C and MAA2C differ only in their critic's input; with normalised advantages the bonus weighs
+  differently here anyway (README, "SMAX 3m: why the A2C-style files stop near 48%").
 - No target critic (EPyMARL bootstraps from a soft-updated target critic, tau 0.01): GAE uses the
   critic's values from the rollout, as in A2C/PPO.
 - MLP networks instead of EPyMARL's GRU agents; input LayerNorm, orthogonal init (gain 0.01 on
-  the policy head), ReLU, Adam eps 1e-5 (EPyMARL: PyTorch defaults).
+  the policy head), Adam eps 1e-5 (EPyMARL: PyTorch defaults).
 - Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
   episodes (10 episodes); episodes may span rollouts.
 - Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the actor loss
@@ -501,6 +506,7 @@ def train(args: Args) -> dict:
                 targets = agent.value_norm.normalize(returns)
             else:
                 targets = returns
+            adv_abs = masked_mean(advantages.abs(), alive_buf)  # logged: the scale before normalising
             if args.norm_adv:
                 alive = alive_buf.bool()
                 adv_mean, adv_std = advantages[alive].mean(), advantages[alive].std()
@@ -530,6 +536,7 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/advantage_abs", adv_abs.item(), global_step)
         if time.time() - last_print > 5.0 or iteration == args.num_iterations:
             last_print = time.time()
             recent = np.mean(recent_returns) if recent_returns else float("nan")

@@ -12,7 +12,9 @@ epochs (that is what separates it from MAPPO).
     L_actor = -E[log pi(a_i | o_i) * A] - c_ent * H[pi]
     L_critic = E[(V(s, i) - R)^2] on normalised targets R (ValueNorm)
 
-Reference implementation: EPyMARL (`maa2c.yaml`, `ActorCriticLearner` with the `cv_critic`).
+Reference implementation: EPyMARL (its recent `maa2c.yaml`, `ActorCriticLearner` with the
+`cv_critic`; earlier versions of maa2c.yaml had width 64, hard target updates every
+200 training steps and MLP agents).
 Kept from it: the shared team reward, parameter sharing with the agent id, a centralised
 V(s) critic, lr 5e-4 for actor and critic (separate Adam optimisers), entropy 0.01, gamma 0.99,
 gradient-norm clipping at 10, hidden width 128, masked categorical actions.
@@ -27,7 +29,7 @@ kept in every file of the family so that the four compare side by side):
 - No target critic (EPyMARL bootstraps from a soft-updated target critic, tau 0.01): GAE uses the
   critic's values from the rollout, as in A2C/PPO.
 - MLP networks instead of EPyMARL's GRU agents; input LayerNorm, orthogonal init (gain 0.01 on
-  the policy head), ReLU, Adam eps 1e-5 (EPyMARL: PyTorch defaults).
+  the policy head), Adam eps 1e-5 (EPyMARL: PyTorch defaults).
 - Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
   episodes (10 episodes); episodes may span rollouts.
 - Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the actor loss
@@ -503,6 +505,7 @@ def train(args: Args) -> dict:
                 targets = agent.value_norm.normalize(returns)
             else:
                 targets = returns
+            adv_abs = masked_mean(advantages.abs(), alive_buf)  # logged: the scale before normalising
             if args.norm_adv:
                 alive = alive_buf.bool()
                 adv_mean, adv_std = advantages[alive].mean(), advantages[alive].std()
@@ -532,6 +535,7 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/advantage_abs", adv_abs.item(), global_step)
         if time.time() - last_print > 5.0 or iteration == args.num_iterations:
             last_print = time.time()
             recent = np.mean(recent_returns) if recent_returns else float("nan")

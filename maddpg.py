@@ -45,8 +45,9 @@ Deliberate differences from the paper (and from EPyMARL's maddpg):
 - cooperative setting only: one team reward, so the critics may be shared (EPyMARL does the same);
 - in the actor loss the other agents' actions are the current policies' actions, detached
   (EPyMARL); the paper uses the replay buffer's actions: `--others-from-buffer`;
-- MLP actors on the current observation and a transition replay buffer (EPyMARL's default
-  maddpg uses GRU actors over whole episodes and an episode buffer); no policy ensembles and
+- MLP actors on the current observation and a transition replay buffer (EPyMARL's maddpg
+  samples whole episodes from an episode buffer; its first config's actors are MLPs too,
+  `use_rnn: False`); no policy ensembles and
   no inference of other agents' policies (paper, Sections 4.2-4.3);
 - uniform random actions for the first `learning_starts` steps (CleanRL's DDPG), Gaussian
   noise instead of the paper's/DDPG's Ornstein-Uhlenbeck process for continuous actions;
@@ -151,7 +152,7 @@ class Args:
     twin_critics: bool = False
     """clipped double Q (TD3; MATD3, Ackermann et al. 2019): a second critic, targets from the smaller estimate"""
     standardise_rewards: bool = False
-    """train the critic on (r - mean) / std, running statistics of all rewards collected so far (EPyMARL)"""
+    """train the critic on (r - mean) / std, running statistics of the rewards seen (EPyMARL: of each sampled batch)"""
 
     # filled in at runtime
     num_iterations: int = 0

@@ -20,7 +20,8 @@ input LayerNorm ("feature normalisation"), Adam eps 1e-5 with separate actor/cri
 gradient-norm clipping per network, PPO epochs and minibatches, clipped value loss, Huber value
 loss (delta 10), death masking (samples of dead agents, batch["alive"] False, do not enter the
 policy loss or the entropy), masked categorical actions for unavailable actions, ReLU
-activations, the MPE hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01,
+activations (config.py's default; its MPE scripts pass `--use_ReLU`, a store_false flag, and so
+ran Tanh), the MPE hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01,
 gamma 0.99, lambda 0.95, grad-norm 10).
 
 Deliberate differences from the paper's code:
