@@ -47,8 +47,8 @@ Deliberate differences from the paper (and from EPyMARL's maddpg):
   (EPyMARL); the paper uses the replay buffer's actions: `--others-from-buffer`;
 - MLP actors on the current observation and a transition replay buffer (EPyMARL's maddpg
   samples whole episodes from an episode buffer; its first config's actors are MLPs too,
-  `use_rnn: False`); no policy ensembles and
-  no inference of other agents' policies (paper, Sections 4.2-4.3);
+  `use_rnn: False`); no policy ensembles and no inference of other agents' policies (paper,
+  Sections 4.2-4.3);
 - uniform random actions for the first `learning_starts` steps (CleanRL's DDPG), Gaussian
   noise instead of the paper's/DDPG's Ornstein-Uhlenbeck process for continuous actions;
 - gamma 0.99 (paper 0.95), tau 0.01 and Adam lr 1e-3 for both nets (paper 0.01),

@@ -46,7 +46,8 @@ multi-agent advantage decomposition: agent i_m acts knowing the actions of i_1..
 Deliberate differences from the paper and its official code (PKU-MARL/Multi-Agent-Transformer):
 - The official code computes GAE per agent from that agent's own value (with ValueNorm, its
   default); here the policy's advantage is the joint one from the mean value, as in the paper's
-  text and the lecture (Algorithm 1, line 19). The value targets stay per agent (λ-returns on V(ô^{i_m})).
+  text and the lecture (Algorithm 1, line 19). The value targets stay per agent (λ-returns on
+  V(ô^{i_m})).
 - Per-agent ratios as in eq. 5: a continuous agent's ratio is that of its whole action
   vector (log-probs summed over its dimensions); the official code takes one ratio per
   action dimension.
