@@ -6,11 +6,10 @@
 Run folders are named `{env_id}__{exp_name}__{seed}__{time}` (every algorithm file does so);
 runs with the same env id and exp_name are seeds of one experiment. For each env id: one PNG
 with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock time with
---x wall; --smooth k for a running mean over k logged points, --smooth-steps s for a running
-mean over the points of the last s env steps, which treats files that log every episode and
-files that log once per iteration alike), and one markdown table:
-final value mean ± std over seeds (mean of each run's last 10% of points), seeds, steps,
-wall time.
+--x wall, written with a `__wall` suffix), and one markdown table: final value mean ± std over
+seeds (mean of each run's last 10% of points), seeds, steps, wall time. --smooth k: a running
+mean over k logged points; --smooth-steps s: a running mean over the points of the last s env
+steps, which treats files that log every episode and files that log once per iteration alike.
 """
 
 from __future__ import annotations
@@ -128,12 +127,14 @@ def main(args: Args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if args.x not in ("steps", "wall"):
+        raise SystemExit(f"--x {args.x!r}: use --x steps (env steps) or --x wall (minutes)")
     os.makedirs(args.out_dir, exist_ok=True)
     found = collect(args.runs_dir, args.tag, args.env_ids, args.exp_names)
     if not found:
         raise SystemExit(f"no runs with scalar {args.tag!r} under {args.runs_dir!r}")
     x_col = 0 if args.x == "steps" else 2
-    slug = args.tag.replace("/", "_")
+    slug = args.tag.replace("/", "_") + ("" if x_col == 0 else "__wall")  # a wall-time plot keeps the steps plot
     tab10 = plt.get_cmap("tab10").colors
     tab20 = plt.get_cmap("tab20").colors
     tab20 = tab20[0::2] + tab20[1::2]  # its ten dark colours, then its ten light ones

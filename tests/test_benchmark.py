@@ -116,6 +116,27 @@ def test_plot_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
     assert lines["maddpg"].get_marker() == "o" and lines["mappo"].get_marker() in ("None", None, "")
 
 
+def test_plot_over_wall_time_writes_its_own_file(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmark import plot
+
+    writer = SummaryWriter(str(tmp_path / "runs" / "tsc-4x4__mappo__1__0"))
+    for step in [50, 100]:
+        writer.add_scalar("eval/episodic_return", -1.0, step)
+    writer.close()
+    dirs = {"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "out")}
+    for x in ["steps", "wall"]:
+        plot.main(plot.Args(**dirs, tag="eval/episodic_return", x=x))
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == [
+        "tsc-4x4__eval_episodic_return.md",
+        "tsc-4x4__eval_episodic_return.png",
+        "tsc-4x4__eval_episodic_return__wall.md",
+        "tsc-4x4__eval_episodic_return__wall.png",
+    ]
+
+
 def test_random_policy_return_on_the_climbing_game_by_hand():
     import numpy as np
 
