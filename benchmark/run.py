@@ -6,8 +6,8 @@
 
 `--experiment param-sharing` prints exactly the commands behind the README's parameter-sharing
 table and figures (with their budgets); the other experiments are the algorithm x env grids of the
-lecture's figures, with the budget set by `--extra` (the README gives, beside each figure, the exact
-commands that made it). `--extra` arguments are appended to every command.
+lecture's figures, with the budget set by `--extra` (the README and docs/benchmarks.md give, beside
+each figure, the exact commands that made it). `--extra` arguments are appended to every command.
 Then `python benchmark/plot.py` draws the curves and tables from runs/.
 
 Each run gets cpu_count // workers threads for torch and XLA (OMP_NUM_THREADS and XLA_FLAGS,
@@ -95,7 +95,7 @@ def thread_env(workers: int) -> dict[str, str]:
 
 def machine() -> str:
     """Besides the seed, what decides a run's last digits: torch's version and the CPU kernels it picked
-    (README, Troubleshooting, "Your numbers differ from the README's")."""
+    (README, Troubleshooting, "Your numbers differ from ours")."""
     import torch
 
     return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
