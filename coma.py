@@ -105,6 +105,8 @@ class Args:
     """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "matrix-climbing"
     """the id of the environment (discrete actions only; see envs.ids())"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 100_000
     """total env steps (summed over the parallel envs)"""
     num_envs: int = 8
@@ -326,9 +328,11 @@ def load_checkpoint(args: Args) -> dict:
 
 
 @torch.no_grad()
-def evaluate(actor: Actor, env_id: str, n_episodes: int, seed: int, device, video_path: str | None = None):
+def evaluate(
+    actor: Actor, env_id: str, n_episodes: int, seed: int, device, video_path: str | None = None, env_options=()
+):
     """Greedy episodes (argmax over available actions). Returns (mean return, win rate or nan)."""
-    options = {"render_mode": "rgb_array"} if video_path else {}
+    options = {**envs.parse_options(env_options), **({"render_mode": "rgb_array"} if video_path else {})}
     env = envs.make(env_id, num_envs=1 if video_path else min(n_episodes, 8), seed=seed, **options)
     returns, wins, frames = [], [], []
     try:
@@ -388,12 +392,14 @@ def train(args: Args) -> dict:
         actor = Actor(ckpt["obs_dims"], ckpt["act_dims"], saved.share_params, saved.use_rnn, saved.hidden_dim)
         actor.load_state_dict(ckpt["model"]["actor"])
         actor.to(device)
-        ret, win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        ret, win = evaluate(
+            actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, env_options=args.env_options
+        )
         print(f"checkpoint {args.checkpoint}: eval return {ret:.3f} win rate {win:.3f}")
         return {"run_dir": None, "model_path": args.checkpoint, "global_step": 0,
                 "episodic_return": float("nan"), "eval_return": ret, "eval_win_rate": win}  # fmt: skip
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     try:
         check_args(args, env)
     except ValueError:
@@ -558,7 +564,9 @@ def train(args: Args) -> dict:
                   f"critic_loss={critic_loss.item():.4f}")  # fmt: skip
         if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
-            eval_return, eval_win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+            eval_return, eval_win = evaluate(
+                actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, env_options=args.env_options
+            )
             writer.add_scalar("eval/episodic_return", eval_return, global_step)
             if not np.isnan(eval_win):
                 writer.add_scalar("eval/win_rate", eval_win, global_step)
@@ -566,7 +574,9 @@ def train(args: Args) -> dict:
 
     # ---------------------------------------------------------------------- final evaluation, save
     video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
-    eval_return, eval_win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video)
+    eval_return, eval_win = evaluate(
+        actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options
+    )
     writer.add_scalar("eval/episodic_return", eval_return, global_step)
     if not np.isnan(eval_win):
         writer.add_scalar("eval/win_rate", eval_win, global_step)

@@ -87,6 +87,8 @@ class Args:
     """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "product-game"
     """the id of the environment (see `envs.ids()`)"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 1_000_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
     num_envs: int = 20
@@ -502,7 +504,9 @@ def evaluate(agents, args, device, run_dir=None, global_step=0):
     video = args.capture_video and run_dir is not None
     kw = {"render_mode": "rgb_array"} if video else {}
     num_envs = 1 if video else max(1, min(args.eval_episodes, 8))
-    env = envs.make(args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **kw)
+    env = envs.make(
+        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kw
+    )
     returns, wins, frames = [], [], []
     try:
         batch = env.reset()
@@ -572,7 +576,7 @@ def train(args: Args) -> dict:
         # checkpoints made before --state-type lack it: they had the default
         args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS if k in ckpt["args"]})
         args.init_mean = tuple(args.init_mean)
-        probe = envs.make(args.env_id, num_envs=1, seed=args.seed)
+        probe = envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options))
         check_args(args, probe.discrete)
         agents = HAAgents(probe, args).to(device)
         probe.close()
@@ -582,7 +586,7 @@ def train(args: Args) -> dict:
         return {"run_dir": None, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
                 "eval_return": eval_return, "eval_win_rate": eval_win}  # fmt: skip
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     check_args(args, env.discrete)
     initial_means(args.init_mean, env.n_agents)
     E, N, T = args.num_envs, env.n_agents, args.num_steps

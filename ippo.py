@@ -79,6 +79,8 @@ class Args:
     """if toggled, cuda will be used when available"""
     env_id: str = "mpe-spread"
     """the id of the environment (see `envs.ids()`)"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
     """total env steps (of the whole batch of envs) of the experiment"""
     num_envs: int = 8
@@ -231,9 +233,7 @@ class Agent(nn.Module):
         else:
             self.actors = nn.ModuleList([mlp(self.obs_dims[i], self.act_dims[i], h, fn, 0.01) for i in range(N)])
             self.critics = nn.ModuleList([mlp(self.obs_dims[i], 1, h, fn, 1.0) for i in range(N)])
-            self.log_stds = nn.ParameterList(
-                [nn.Parameter(torch.full((d,), args.log_std_init)) for d in self.act_dims]
-            )
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((d,), args.log_std_init)) for d in self.act_dims])
         if args.init_mean and not self.discrete:  # start the Gaussian means there (the output bias)
             if len(args.init_mean) not in (1, N):
                 raise ValueError(f"--init-mean needs 1 or n_agents = {N} values, got {len(args.init_mean)}")
@@ -358,9 +358,20 @@ def to_env_actions(env, action: torch.Tensor) -> np.ndarray:
 def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) -> tuple[float, float]:
     """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate)."""
     if video_path is not None:
-        env = envs.make(args.env_id, num_envs=1, seed=args.seed + 10_000, render_mode="rgb_array")
+        env = envs.make(
+            args.env_id,
+            num_envs=1,
+            seed=args.seed + 10_000,
+            render_mode="rgb_array",
+            **envs.parse_options(args.env_options),
+        )
     else:
-        env = envs.make(args.env_id, num_envs=min(args.eval_episodes, 8), seed=args.seed + 10_000)
+        env = envs.make(
+            args.env_id,
+            num_envs=min(args.eval_episodes, 8),
+            seed=args.seed + 10_000,
+            **envs.parse_options(args.env_options),
+        )
     returns, wins, frames = [], [], []
     try:
         batch = env.reset()
@@ -390,9 +401,7 @@ def check_args(args: Args) -> None:
     if len(args.init_mean) > 1 and args.share_params:
         raise ValueError("one --init-mean per agent needs --no-share-params (a shared actor has one output bias)")
     if args.capture_video and family not in ("mamujoco", "mpe"):
-        raise ValueError(
-            f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})"
-        )
+        raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})")
     for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -445,7 +454,7 @@ def train(args: Args) -> dict:
     if args.checkpoint is not None:
         ckpt = load_checkpoint(args)
         saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
-        with envs.make(args.env_id, num_envs=1, seed=args.seed) as probe:
+        with envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options)) as probe:
             agent = Agent(probe, saved).to(device)
         agent.load_state_dict(ckpt["model"])
         video = os.path.join(run_dir, "videos", "eval_0.gif") if args.capture_video else None
@@ -453,7 +462,7 @@ def train(args: Args) -> dict:
         print(f"checkpoint {args.checkpoint}: eval return {eval_return:.3f} over {args.eval_episodes} episodes")
         return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     E, N, T = args.num_envs, env.n_agents, args.num_steps
     args.batch_size = E * T
     args.minibatch_size = args.batch_size // args.num_minibatches

@@ -93,6 +93,8 @@ class Args:
     """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "product-game"
     """the id of the environment (see envs.ids())"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 30_000
     """total environment steps (summed over the parallel envs); e.g. 1M for mpe-spread, 2M for ant-2x4"""
     num_envs: int = 8
@@ -372,7 +374,9 @@ def make_eval_env(args: Args, video: bool):
     """The separate evaluation env: one env rendering frames for a video, else up to 8."""
     kwargs = {"render_mode": "rgb_array"} if video else {}
     num_envs = 1 if video else min(args.eval_episodes, 8)
-    return envs.make(args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **kwargs)
+    return envs.make(
+        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kwargs
+    )
 
 
 def evaluate(env, actor, policy, args: Args, device, video_path: str | None = None) -> dict[str, float]:
@@ -458,7 +462,7 @@ def train(args: Args) -> dict:
 
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name)
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     E, N = env.num_envs, env.n_agents
     act_size = env.n_actions if env.discrete else env.act_dim
     x_dim = env.state_dim if args.critic_input == "state" else N * env.obs_dim

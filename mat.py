@@ -97,6 +97,8 @@ class Args:
     """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "mpe-spread"
     """the id of the environment (see envs.ids())"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
     """total env steps (summed over the parallel envs)"""
     num_envs: int = 8
@@ -281,9 +283,7 @@ class MultiAgentTransformer(nn.Module):
                 PerAgentLinear(n_agents, E, act_size, std=0.01),
             )  # fmt: skip
         else:
-            self.action_encoder = nn.Sequential(
-                layer_init(nn.Linear(1 + act_size, E, bias=not discrete)), nn.GELU()
-            )
+            self.action_encoder = nn.Sequential(layer_init(nn.Linear(1 + act_size, E, bias=not discrete)), nn.GELU())
             self.dec_ln = nn.LayerNorm(E)
             self.dec_blocks = nn.ModuleList([DecodeBlock(E, args.n_head) for _ in range(args.n_block)])
             self.policy_head = nn.Sequential(
@@ -489,7 +489,9 @@ def evaluate_policy(model, args: Args, device, global_step: int, run_dir: str | 
     video = args.capture_video and run_dir is not None
     kwargs = {"render_mode": "rgb_array"} if video else {}
     num_envs = 1 if video else max(1, min(args.eval_episodes, 8))
-    env = envs.make(args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **kwargs)
+    env = envs.make(
+        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kwargs
+    )
     inputs = Inputs(env, args.add_agent_id, device)
     returns, wins, frames = [], [], []
     try:
@@ -564,7 +566,7 @@ def train(args: Args) -> dict:
         saved = dataclasses.replace(Args(), **{k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__})
         arch = {k: getattr(saved, k) for k in ("dec", "add_agent_id", "n_block", "n_embd", "n_head")}
         eval_args = dataclasses.replace(args, **arch)
-        probe = envs.make(args.env_id, num_envs=1, seed=args.seed)
+        probe = envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options))
         inputs = Inputs(probe, eval_args.add_agent_id, device)
         probe.close()
         model = MultiAgentTransformer(inputs.in_dim, inputs.n, inputs.discrete, inputs.act_size, eval_args).to(device)
@@ -589,7 +591,7 @@ def train(args: Args) -> dict:
     )
 
     # ---- env, model, optimiser
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     inputs = Inputs(env, args.add_agent_id, device)
     N, E, T = env.n_agents, args.num_envs, args.num_steps
     model = MultiAgentTransformer(inputs.in_dim, N, env.discrete, inputs.act_size, args).to(device)

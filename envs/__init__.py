@@ -12,13 +12,16 @@ backend package only matters for the family that needs it.
 
 from __future__ import annotations
 
+import ast
 import importlib
+from collections.abc import Sequence
+from typing import Any
 
 from envs.core import MissingDependencyError, MultiAgentVecEnv, random_actions
 
-__all__ = ["make", "ids", "family", "random_actions", "MultiAgentVecEnv", "MissingDependencyError"]
+__all__ = ["make", "ids", "family", "parse_options", "random_actions", "MultiAgentVecEnv", "MissingDependencyError"]
 
-TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game"]
+TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game", "memory-cue"]
 TSC_IDS = ["tsc-2x2", "tsc-4x4", "tsc-cologne8"]
 MAMUJOCO_IDS = [
     "ant-2x4", "ant-4x2", "ant-8x1",
@@ -74,9 +77,13 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> 
     if name == "smac":
         module = importlib.import_module("envs.smac")
     elif name == "toy":
-        from envs.toy import ToyGameEnv
+        from envs.toy import MemoryCueEnv, ToyGameEnv
 
-        return ToyGameEnv(env_id, num_envs, seed, **options)
+        cls = MemoryCueEnv if env_id == "memory-cue" else ToyGameEnv
+        try:
+            return cls(env_id, num_envs, seed, **options)
+        except TypeError as e:
+            raise ValueError(f"{env_id}: unknown option ({e}); see help(envs.toy)") from e
     else:
         module = importlib.import_module(FAMILIES[name][0])
     try:
@@ -85,3 +92,21 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> 
         if "unexpected keyword argument" in str(e):
             raise ValueError(f"{env_id}: unknown option ({e}); see help(envs.{module.__name__})") from e
         raise
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """The algorithm files' `--env-options KEY=VALUE ...` as keyword arguments of `make`.
+
+    Values are read as Python literals where they parse (`agent_obsk=0` -> 0, `flag=True` -> True),
+    else kept as strings (`backend=mpe2` -> "mpe2").
+    """
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"env option {pair!r} is not KEY=VALUE; write e.g. --env-options agent_obsk=0")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options

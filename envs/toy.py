@@ -10,8 +10,16 @@
   number in [-2, 2] (clipped), shared reward a1 * a2. Optimum 4 at (2, 2) or (-2, -2); a
   policy with zero-mean actions scores 0 on average.
 
-Every agent observes the constant 1 (there is nothing to observe in a one-step game); the
-state is the same constant. Every episode terminates after its one step.
+In these three, every agent observes the constant 1 (there is nothing to observe in a one-step
+game); the state is the same constant. Every episode terminates after its one step.
+
+- `memory-cue` (a task that needs memory): two agents, episodes of `length` steps (option,
+  default 4). At the first step both agents see a cue c in {0, 1} (drawn uniformly per episode);
+  afterwards the cue is hidden. At the last step each agent picks 0 or 1 and the team reward is
+  the fraction of agents that picked c (every other step rewards 0). Observation and state:
+  [cue one-hot (zeros after the first step), one-hot of the step]. Optimum 1.0; a policy without
+  memory sees nothing at the last step that depends on c, so it scores 0.5 in expectation
+  whatever it does (chance).
 """
 
 from __future__ import annotations
@@ -74,3 +82,76 @@ class ToyGameEnv(MultiAgentVecEnv):
             "episode": {"return": reward.astype(np.float64), "length": np.ones(E)},
         }
         return batch, reward.astype(np.float32), np.ones(E, bool), np.zeros(E, bool), info
+
+
+class MemoryCueEnv(MultiAgentVecEnv):
+    """`memory-cue`: remember a cue shown at the first step and act on it at the last (module docstring)."""
+
+    def __init__(self, env_id: str, num_envs: int = 1, seed: int | None = None, length: int = 4):
+        if not isinstance(length, int) or length < 2:
+            raise ValueError(f"memory-cue: length must be an int >= 2 (a cue step and an action step), got {length!r}")
+        self.env_id, self.num_envs, self.n_agents, self.length = env_id, num_envs, 2, length
+        self.episode_limit = length
+        obs_space = gym.spaces.Box(0.0, 1.0, (2 + length,), np.float32)
+        self.observation_spaces = [obs_space] * 2
+        self.action_spaces = [gym.spaces.Discrete(2)] * 2
+        self.state_dim = 2 + length
+        self._init_sizes()
+        self._seed = 0 if seed is None else seed
+        self._rngs = None
+
+    def _batch(self) -> dict[str, np.ndarray]:
+        E, N = self.num_envs, self.n_agents
+        view = np.zeros((E, 2 + self.length), np.float32)
+        first = self._t == 0
+        view[first, self._cue[first]] = 1.0
+        view[np.arange(E), 2 + self._t] = 1.0
+        return {
+            "obs": np.repeat(view[:, None], N, axis=1),
+            "state": view,
+            "alive": np.ones((E, N), bool),
+            "avail": np.ones((E, N, 2), bool),
+        }
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        if seed is not None or self._rngs is None:
+            base = self._seed if seed is None else seed
+            self._rngs = [np.random.default_rng(base + e) for e in range(self.num_envs)]
+        self._cue = np.array([rng.integers(2) for rng in self._rngs])
+        self._t = np.zeros(self.num_envs, np.int64)
+        self._return = np.zeros(self.num_envs)
+        return self._batch()
+
+    def step(self, actions):
+        if self._rngs is None:
+            raise RuntimeError(f"{self.env_id}: call reset() before step()")
+        actions = self.check_actions(actions, None)
+        E = self.num_envs
+        last = self._t == self.length - 1
+        agent_rewards = np.where(last[:, None], (actions == self._cue[:, None]).astype(np.float32), 0.0)
+        reward = agent_rewards.mean(1).astype(np.float32)
+        self._return += reward
+        self._t += 1
+        final = self._batch_final() if last.any() else None
+        info = {"agent_rewards": agent_rewards.astype(np.float32)}
+        if last.any():
+            info["episode"] = {"return": np.where(last, self._return, 0.0), "length": np.where(last, self.length, 0)}
+            for e in np.flatnonzero(last):  # same-step auto-reset of the ended episodes
+                self._cue[e], self._t[e], self._return[e] = self._rngs[e].integers(2), 0, 0.0
+        batch = self._batch()
+        final = batch if final is None else {k: np.where(_rows(last, v), final[k], v) for k, v in batch.items()}
+        info.update({f"final_{key}": value for key, value in final.items()})
+        return batch, reward, last.copy(), np.zeros(E, bool), info
+
+    def _batch_final(self) -> dict[str, np.ndarray]:
+        """The batch as it stands after the last step (step index past the end shown as the last one)."""
+        t = self._t
+        self._t = np.minimum(t, self.length - 1)
+        batch = self._batch()
+        self._t = t
+        return batch
+
+
+def _rows(mask: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """mask [E] broadcast against value [E, ...]."""
+    return mask.reshape(mask.shape + (1,) * (value.ndim - 1))

@@ -145,3 +145,35 @@ def test_sizes_of_ant_factorizations():
         with envs.make(env_id) as env:
             check_sizes(env)
             assert env.n_agents == n and sum(env.act_dims) == 8
+
+
+def test_memory_cue_rewards_only_the_remembered_cue():
+    """The cue is visible at the first step only; the last step pays the fraction of agents that name it."""
+    with envs.make("memory-cue", num_envs=4, seed=3, length=3) as env:
+        batch = env.reset()
+        cue = batch["obs"][:, 0, :2].argmax(1)
+        assert (batch["obs"][:, :, :2].sum(-1) == 1).all() and (batch["obs"][:, :, 2] == 1).all()
+        batch, reward, terminated, _, _ = env.step(np.zeros((4, 2), np.int64))
+        assert (batch["obs"][:, :, :2] == 0).all() and (reward == 0).all() and not terminated.any()
+        batch, *_ = env.step(np.zeros((4, 2), np.int64))
+        actions = np.stack([cue, 1 - cue], axis=1)  # agent 0 right, agent 1 wrong
+        actions[0] = cue[0]  # env 0: both right
+        batch, reward, terminated, _, info = env.step(actions)
+        np.testing.assert_allclose(reward, [1.0, 0.5, 0.5, 0.5])
+        assert terminated.all() and info["episode"]["length"].tolist() == [3] * 4
+        assert (batch["obs"][:, 0, 2] == 1).all() and (batch["obs"][:, 0, :2].sum(-1) == 1).all()  # new episodes
+
+
+def test_memory_cue_bad_length():
+    with pytest.raises(ValueError, match="length must be an int >= 2"):
+        envs.make("memory-cue", length=1)
+    with pytest.raises(ValueError, match="unknown option"):
+        envs.make("memory-cue", lenght=3)
+
+
+def test_parse_options():
+    assert envs.parse_options(["agent_obsk=0", "backend=mpe2", "flag=True", "x=1.5"]) == {
+        "agent_obsk": 0, "backend": "mpe2", "flag": True, "x": 1.5,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        envs.parse_options(["agent_obsk"])
