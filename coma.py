@@ -62,9 +62,15 @@ Deliberate differences from the paper and EPyMARL's COMA:
   advantage uses the critic after its update.
 - Adam (eps 1e-5) instead of the paper's / pymarl's RMSprop (EPyMARL: Adam, PyTorch's default
   eps); gradient norm clipped to `max_grad_norm` (pymarl: 10).
-- TD(lambda) (paper, pymarl, lambda = 0.8) rather than EPyMARL's 5-step returns (`q_nstep: 5`);
-  an optional entropy bonus (`ent_coef`, off by default as in the paper; EPyMARL's coma.yaml:
-  0.01), computed on the masked softmax before the epsilon mix.
+- TD(lambda) (paper, pymarl, lambda = 0.8) rather than EPyMARL's n-step returns; an optional
+  entropy bonus (`ent_coef`, off by default as in the paper), computed on the masked softmax
+  before the epsilon mix. EPyMARL's coma.yaml changed: its first version (June 2021, the
+  benchmark paper's code) has entropy 0.01, `q_nstep: 5`, lr 5e-4; since March 2022 (and in its
+  v1.0.0 and v2.0.0 releases) 0.001, `q_nstep: 10`, lr 3e-4.
+- Hard target copy every `target_update_interval` = 20 critic updates, i.e. every 4,000 env
+  steps at the defaults (8 envs x 25 steps per update); pymarl copies every 200 of its
+  per-timestep critic updates (one per timestep of a batch of 8 episodes: about every 1,600 env
+  steps), EPyMARL every 200 training batches of 10 episodes (2,000 episodes).
 - With --no-share-params only the actor is per agent; the centralised critic is always one
   network with the agent id as input (as in the paper).
 """

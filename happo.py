@@ -28,7 +28,9 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   one-hot id; HARL's FP state is the env's own agent-specific state (SMAC's `get_state_agent`:
   the state's features relative to agent i), which the env contract here does not provide.
 - Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
-  cut there (same result as HARL's `use_proper_time_limits`, written differently).
+  cut there (time-limit bootstrapping, Pardo et al. 2018). HARL's `use_proper_time_limits` (on in
+  its configs) is not the same: it zeroes the advantage at the truncated step (its return target is
+  the critic's own V(s_t)) and never reads the final observation.
 - `--share-params`: one actor updated once on all agents' samples with M = A, as HARL's MAPPO
   (`share_param_train`) does; HARL's HAPPO with `share_param` instead updates the one shared actor
   agent by agent with the factor M, though each such update also moves the agents already

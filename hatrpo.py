@@ -37,7 +37,9 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
 - Value normalisation uses exact running mean/variance of the returns, updated once per
   iteration; HARL uses a debiased exponential average (beta 0.99999), updated per minibatch.
 - Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
-  cut there (same result as HARL's `use_proper_time_limits`, written differently).
+  cut there (time-limit bootstrapping, Pardo et al. 2018). HARL's `use_proper_time_limits` (on in
+  its configs) is not the same: it zeroes the advantage at the truncated step (its return target is
+  the critic's own V(s_t)) and never reads the final observation.
 - `--share-params`: one actor, one trust-region step on all agents' samples with M = A, as
   HARL's MAPPO (`share_param_train`) does for its PPO step; HARL's HATRPO with `share_param`
   instead steps the one shared actor agent by agent with the factor M, though each such step also

@@ -30,7 +30,8 @@ Deliberate differences from the reference code:
   observable enough for an MLP, and the file stays short. No LayerNorm between hidden layers.
 - Truncated episodes bootstrap from V(final obs) (info["final_obs"]); the reference code
   treats a time-limit end like a termination (no bootstrap) unless `use_proper_time_limits`
-  is set (off by default).
+  is set (off by default); with it, the advantage of the truncated step is zeroed instead (the
+  final observation is never read).
 - The value normaliser is updated once per rollout with all returns, before the epochs (the
   reference updates it per minibatch), so the targets stay fixed during an update.
 - Minibatches are drawn over env steps, each holding all agents of that step (the reference

@@ -51,7 +51,11 @@ Deliberate differences from the paper (and from EPyMARL's maddpg):
   Sections 4.2-4.3);
 - uniform random actions for the first `learning_starts` steps (CleanRL's DDPG), Gaussian
   noise instead of the paper's/DDPG's Ornstein-Uhlenbeck process for continuous actions;
-- gamma 0.99 (paper 0.95), tau 0.01 and Adam lr 1e-3 for both nets (paper 0.01),
+- soft target updates with tau 0.01 after every gradient step, as the paper's code (which makes
+  one step per 100 transitions, here one per 8: the targets follow the online nets about 12x
+  faster per env step) and EPyMARL's first maddpg.yaml (2021); EPyMARL's current one (since March
+  2022, `target_update_interval_or_tau: 200`) hard-copies both targets every 200 episodes;
+- gamma 0.99 (paper 0.95), Adam lr 1e-3 for both nets (paper 0.01),
   gradient-norm clipping 10 (EPyMARL), batch 256 transitions (paper 1024), `gradient_steps`
   updates every `train_freq` vector steps of num_envs transitions (default: one update per 8
   transitions; the paper's code: one per 100), rewards as they come (EPyMARL standardises them:

@@ -32,7 +32,8 @@ Deliberate differences from the paper's code:
   concatenates agent-specific features where the env provides them.
 - Truncated episodes bootstrap from V(final state) (info["final_state"]); the paper's code
   treats a time-limit end like a termination (no bootstrap) unless `use_proper_time_limits`
-  is set (off by default).
+  is set (off by default); with it, the advantage of the truncated step is zeroed instead (the
+  final observation is never read).
 - The value normaliser is updated once per rollout with all returns, before the epochs (the
   paper's code updates it per minibatch), so the targets stay fixed during an update.
 - Minibatches are drawn over env steps, each holding all agents of that step (the paper's code
