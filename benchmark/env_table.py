@@ -1,4 +1,4 @@
-"""The README's environment table: every id with its agents, sizes, episode length, backend.
+"""The environment table of docs/environments.md: every id with its agents, sizes, episode length, backend.
 
     python benchmark/env_table.py > /tmp/env_table.md
 """
