@@ -181,8 +181,8 @@ class MujocoMultiAgentEnv(MultiAgentVecEnv):
             columns[name], start = slice(start, start + size), start + size
         assert columns["pad"].start == layout.n_raw
         self._raw = np.zeros((num_envs, start))
-        self.fields = {name: self._raw[:, columns[name]].reshape(num_envs, *shapes[name]) for name in shapes
-                       if name in columns}  # fmt: skip
+        # the raw array's fields by name, as [E, ...] views (for the rewards and falls)
+        self.fields = {n: self._raw[:, columns[n]].reshape(num_envs, *shapes[n]) for n in columns if n != "pad"}
         # copy only what is read: the fields the layout gathers, contact forces where the reward uses them
         read = {
             name
