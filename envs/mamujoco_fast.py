@@ -212,6 +212,7 @@ class MujocoMultiAgentEnv(MultiAgentVecEnv):
         self._t = np.zeros(num_envs, np.int64)
         self._return = np.zeros(num_envs)
         self.render_mode, self._renderer = render_mode, None
+        self._alive = np.ones((num_envs, self.n_agents), bool)  # no agent dies in MuJoCo
 
     # ------------------------------------------------------------------ observations
     def _copy_fields(self, e: int) -> None:
@@ -221,15 +222,16 @@ class MujocoMultiAgentEnv(MultiAgentVecEnv):
     def _views(self) -> tuple[np.ndarray, np.ndarray]:
         """obs [E, N, obs_dim] and state [E, S] (float32): one gather and one clip for the whole batch."""
         out = self._raw[:, self.layout.index]
-        if self._clip:
-            out = np.clip(out, self.layout.low, self.layout.high)
+        if self._clip:  # np.clip's bounds as two ufuncs in place (np.clip's Python wrapper costs as much)
+            np.maximum(out, self.layout.low, out=out)
+            np.minimum(out, self.layout.high, out=out)
         out = out.astype(np.float32)
         n = self.n_agents * self.obs_dim
         return out[:, :n].reshape(self.num_envs, self.n_agents, self.obs_dim), out[:, n:]
 
     def _batch(self) -> dict[str, np.ndarray]:
         obs, state = self._views()
-        return {"obs": obs, "state": state, "alive": np.ones((self.num_envs, self.n_agents), bool)}
+        return {"obs": obs, "state": state, "alive": self._alive.copy()}
 
     def _x_position(self) -> np.ndarray:
         """[E] the x coordinate whose change per second is the forward reward."""
