@@ -3,13 +3,14 @@
 The same task as gymnasium-robotics' `mamujoco_v1` over gymnasium's v5 robots (same XML files,
 frame skip, reset noise, healthy ranges, reward terms; see `ROBOTS`), without its per-agent Python:
 
-- physics: per env, one `mj_step(nstep=frame_skip)` and `mj_rnePostConstraint` (which fills the
-  contact forces `cfrc_ext`), exactly as gymnasium's `MujocoEnv.do_simulation`;
-- observations: after the step, every env's MjData fields (qpos, qvel, cinert, cvel, qfrc_actuator,
-  cfrc_ext, and the body positions the reward needs) are copied into one row of a float64 array
-  `raw [E, R + 1]` (the last column stays 0, for padding). Every agent's observation and the state
-  are then ONE gather `raw[:, index]` and one clip for the whole batch;
-- the index arrays come from gymnasium-robotics itself (`_observation_tables`): probe values are
+- physics: per env, one `mj_step(nstep=frame_skip)`, plus `mj_rnePostConstraint` (which fills the
+  contact forces `cfrc_ext`) where contact forces are read (Ant, Humanoid), as gymnasium's
+  `MujocoEnv.do_simulation` does (it always calls it; nothing else reads what it computes);
+- observations: after the step, the MjData fields anything reads (of qpos, qvel, cinert, cvel,
+  qfrc_actuator, cfrc_ext, and the body positions the reward needs) are copied into one row of a
+  float64 array `raw [E, R + 1 + X]` (column R stays 0, for padding). Every agent's observation and
+  the state are then ONE gather `raw[:, index]` and one clip for the whole batch;
+- the index arrays come from gymnasium-robotics itself (`layout_of`): probe values are
   written into the reference env's MjData and its own observation code is called, so each output
   element names the raw element it copies and the clip bounds it applies (MaMuJoCo clips Ant's
   contact forces to [-1, 1] and some Walker/Hopper velocities to [-10, 10]);
