@@ -106,27 +106,33 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, use the GPU when one is available"""
+    """if toggled, train on the GPU (an error when torch finds none)"""
+    track: bool = False
+    """if toggled, mirror the logs to Weights & Biases (needs pip install wandb; WANDB_MODE=offline works offline)"""
+    wandb_project_name: str = "marl-pg"
+    """the W&B project of --track"""
+    wandb_entity: str | None = None
+    """the W&B entity (user or team) of --track (None: your default)"""
     torch_threads: int = 1
     """the number of CPU threads torch may use (small networks run fastest on one)"""
     env_id: str = "matrix-climbing"
-    """the id of the environment (discrete actions only; see envs.ids())"""
+    """the id of the environment; every id: python -c "import envs; print(envs.ids())" (see docs/usage.md)"""
     env_options: tuple[str, ...] = ()
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 100_000
-    """total env steps (summed over the parallel envs)"""
+    """total env steps of the experiment (one step of all agents in one env counts once)"""
     num_envs: int = 8
-    """the number of parallel envs"""
+    """the number of parallel environments"""
     capture_video: bool = False
-    """save a gif of the first evaluation episode (MA-MuJoCo and MPE only)"""
+    """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
-    """save the model to <run_dir>/<exp_name>.pt"""
+    """if toggled, save the model to <run dir>/<exp_name>.pt (at the end, and on Ctrl-C)"""
     eval_episodes: int = 10
-    """the number of greedy evaluation episodes"""
+    """the number of episodes of each greedy evaluation"""
     eval_interval: int = 50_000
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
-    """path of a saved model: evaluate it instead of training"""
+    """path of a saved model to evaluate instead of training"""
     share_params: bool = True
     """one actor shared by all agents (with the one-hot agent id); else one actor per agent"""
 

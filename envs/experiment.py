@@ -1,0 +1,340 @@
+"""The run plumbing of the algorithm files: everything around the algorithm, none of it.
+
+Each algorithm file calls these in one line each:
+
+    check_args(args, one_batch)         the errors every file shares, before any folder is made
+    device(args.cuda)                   torch.device, or an error when --cuda finds no GPU
+    make_run_dir(env_id, exp_name, seed)  runs/{env_id}__{exp_name}__{seed}__{time}[-k], never shared
+    make_writer(args, run_dir)          TensorBoard writer (+ W&B with --track), hyper-parameters logged
+    Training(run_dir, total_timesteps)  progress bar with ETA; Ctrl-C asks the loop to stop after the
+                                        current iteration (`training.interrupted`)
+    log_eval(writer, step, ret, win, n) the eval line, printed and logged
+    video_path / Video                  MP4 of the first episode of the first eval env
+    save_checkpoint / load_checkpoint   atomic save; clear errors for broken checkpoints
+    print_summary(...)                  run dir, final eval, model path, the TensorBoard command
+    main()                              around `train(tyro.cli(Args))`: Ctrl-C and early failures
+
+See docs/usage.md for what a user sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+# the Args fields every file derives itself; a user who passes one would be silently overridden
+RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
+VIDEO_MAX_FRAMES = 200  # frames rendered per video: a 1000-step MuJoCo episode renders every 5th step
+
+_current = {"run_dir": None, "updated": False}  # the run of this process, for main()'s clean-up
+
+
+# ------------------------------------------------------------------------------ arguments
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args, one_batch: int, runtime_fields: tuple[str, ...] = RUNTIME_FIELDS) -> None:
+    """The checks every file shares; `one_batch`: the env steps of one iteration (num_envs * num_steps)."""
+    if args.total_timesteps < one_batch:
+        raise ValueError(
+            f"--total-timesteps {args.total_timesteps} is below one iteration of {one_batch} env steps "
+            f"(num_envs x steps per iteration); pass at least {one_batch}"
+        )
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if f.name.endswith("learning_rate") and not value > 0:
+            raise ValueError(f"{flag(f.name)} must be positive, got {value}")
+        if f.name in runtime_fields and value != f.default:
+            raise ValueError(f"{flag(f.name)} is filled in at runtime from the other flags; do not pass it")
+    if args.cuda and not torch.cuda.is_available():
+        raise ValueError("--cuda was given, but torch finds no GPU; drop --cuda or install a CUDA build of torch")
+
+
+def device(cuda: bool) -> torch.device:
+    return torch.device("cuda" if cuda else "cpu")  # check_args made sure a GPU is there
+
+
+# ------------------------------------------------------------------------ run folder, logs
+def make_run_dir(env_id: str, exp_name: str, seed: int, root: str = "runs") -> str:
+    """runs/{env_id}__{exp_name}__{seed}__{time}, with -2, -3, ... when taken (os.mkdir is exclusive)."""
+    os.makedirs(root, exist_ok=True)
+    base = os.path.join(root, f"{env_id}__{exp_name}__{seed}__{int(time.time())}")
+    for k in range(1, 10_000):
+        path = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        _current.update(run_dir=path, updated=False)
+        return path
+    raise RuntimeError(f"could not create a run folder next to {base}")
+
+
+def make_writer(args, run_dir: str):
+    """TensorBoard writer on run_dir, mirrored to Weights & Biases with --track; logs the hyper-parameters."""
+    if getattr(args, "track", False):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("--track logs to Weights & Biases: pip install wandb (or drop --track)") from e
+        wandb.init(  # WANDB_MODE=offline keeps the run on disk (wandb sync uploads it later)
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=os.path.basename(run_dir),
+            dir=run_dir,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
+    return writer
+
+
+def log_eval(writer, global_step: int, eval_return: float, eval_win: float, episodes: int) -> None:
+    """The eval line (printed and logged): eval/episodic_return, eval/win_rate where defined."""
+    writer.add_scalar("eval/episodic_return", eval_return, global_step)
+    if not math.isnan(eval_win):
+        writer.add_scalar("eval/win_rate", eval_win, global_step)
+    print(f"eval at step {global_step:,}: {format_eval(eval_return, eval_win, episodes)}", flush=True)
+
+
+def format_eval(eval_return: float, eval_win: float, episodes: int) -> str:
+    win = "" if math.isnan(eval_win) else f", win rate {eval_win:.2f}"
+    return f"return {eval_return:.3f}{win} over {episodes} episodes"
+
+
+# ------------------------------------------------------------------- progress and Ctrl-C
+class Training:
+    """A progress bar (elapsed, ETA, latest return / win rate) and the Ctrl-C switch of a training loop.
+
+    Call `update(global_step, recent_returns, recent_wins)` once an iteration's bookkeeping is done,
+    and leave the loop when `interrupted`: the first Ctrl-C only sets it (the model is then saved),
+    a second one aborts. On a terminal the bar redraws in place; elsewhere (logs, pipes) a plain
+    line is printed at every tenth of the run.
+    """
+
+    def __init__(self, run_dir: str, total_timesteps: int):
+        self.run_dir, self.total = run_dir, total_timesteps
+        self.interrupted, self.start, self.next_tenth = False, time.time(), 1
+        self._old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self.bar = None
+        print(f"logging to {run_dir} (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+
+            self.bar = Progress(
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+                refresh_per_second=2,
+            )
+            self.task = self.bar.add_task("training", total=total_timesteps, stats="")
+            self.bar.start()
+
+    def _on_sigint(self, signum, frame):
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
+        print("\nCtrl-C: stopping after this iteration and saving the model (Ctrl-C again to abort)", flush=True)
+
+    def update(self, global_step: int, recent_returns=(), recent_wins=()) -> None:
+        """After an iteration: show the step count and the mean of the latest episodes' returns / wins."""
+        _current["updated"] = True
+        episodic_return = float(np.mean(recent_returns)) if len(recent_returns) else float("nan")
+        win_rate = float(np.mean(recent_wins)) if len(recent_wins) else float("nan")
+        elapsed = time.time() - self.start
+        stats = f"SPS {int(global_step / max(elapsed, 1e-9)):,}  return {episodic_return:.3f}"
+        if not math.isnan(win_rate):
+            stats += f"  win rate {win_rate:.2f}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=min(global_step, self.total), stats=stats)
+        elif 10 * global_step >= self.next_tenth * self.total:
+            self.next_tenth = 10 * global_step // self.total + 1
+            eta = elapsed * max(self.total - global_step, 0) / max(global_step, 1)
+            print(
+                f"step {global_step:,}/{self.total:,} ({100 * global_step / self.total:.0f}%)  "
+                f"elapsed {fmt_time(elapsed)}  ETA {fmt_time(eta)}  {stats}",
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self._old_handler is not None:
+            signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@contextlib.contextmanager
+def main():
+    """Around `train(tyro.cli(Args))`: a second Ctrl-C ends with one line instead of a traceback, and a
+    run that failed before its first update leaves no run folder behind (no orphan in TensorBoard)."""
+    try:
+        yield
+    except BaseException as e:
+        run_dir = _current["run_dir"]
+        if run_dir is not None and not _current["updated"] and os.path.isdir(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"removed {run_dir}: the run ended before its first update", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt):
+            print("aborted (Ctrl-C)", file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: str, payload: dict) -> str:
+    """torch.save to a temporary file in the same folder, then os.replace: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions of an ordinary file, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str, algo: str, env_id: str) -> dict:
+    """A saved model, checked: a readable file, made by `algo` for `env_id`, with finite weights."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist; pass the path of a saved runs/<run>/<exp_name>.pt")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): its save did not finish; use another checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); the file is truncated or not a "
+            "saved model: use another checkpoint"
+        ) from e
+    if not isinstance(ckpt, dict) or "algo" not in ckpt:
+        raise ValueError(f"{path} is not a model saved by these files (no 'algo' entry)")
+    if ckpt["algo"] != algo:
+        raise ValueError(
+            f"{path} was saved by {ckpt['algo']}.py; evaluate it with: "
+            f"python {ckpt['algo']}.py --env-id {ckpt.get('env_id')} --checkpoint {path}"
+        )
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"{path} was made for env {ckpt.get('env_id')}; pass --env-id {ckpt.get('env_id')}")
+    bad = non_finite(ckpt.get("model"))
+    if bad:
+        raise ValueError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}): the training diverged")
+    return ckpt
+
+
+def non_finite(tree, prefix: str = "model") -> list[str]:
+    """The names of the floating-point tensors/arrays in a nested dict/list that hold NaN or inf."""
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in non_finite(v, f"{prefix}.{k}")]
+    if isinstance(tree, (list, tuple)):
+        return [n for i, v in enumerate(tree) for n in non_finite(v, f"{prefix}[{i}]")]
+    if isinstance(tree, torch.Tensor) and tree.is_floating_point():
+        return [] if bool(torch.isfinite(tree).all()) else [prefix]
+    if isinstance(tree, np.ndarray) and np.issubdtype(tree.dtype, np.floating):
+        return [] if bool(np.isfinite(tree).all()) else [prefix]
+    return []
+
+
+# ------------------------------------------------------------------------------------ video
+def video_path(folder: str, global_step: int | str) -> str:
+    return os.path.join(folder, "videos", f"eval_{global_step}.mp4")
+
+
+def render_options(path: str | None) -> dict:
+    """The envs.make options of an evaluation env: rgb frames where a video is recorded."""
+    return {"render_mode": "rgb_array"} if path is not None else {}
+
+
+def env_fps(env) -> float:
+    """Frames per second of real time of the first env: 1 / MuJoCo's dt, or the env's metadata render_fps."""
+    inner = env.vec.envs[0].env  # the PettingZoo env behind the first gymnasium env of the batch
+    single = getattr(inner, "single_agent_env", None)  # Multi-Agent MuJoCo wraps one gymnasium MuJoCo env
+    if single is not None:
+        return 1.0 / single.unwrapped.dt
+    return float(inner.metadata["render_fps"])
+
+
+class Video:
+    """Records the first episode of env 0 of an evaluation as an MP4 at the env's real speed.
+
+    Every k-th step is rendered (k keeps a long episode under VIDEO_MAX_FRAMES frames) and the MP4
+    plays at fps / k, so one second of video is one second of the episode. A None path records nothing.
+    """
+
+    def __init__(self, env, path: str | None):
+        self.path, self.env, self.frames, self.t, self.done = path, env, [], 0, path is None
+        if path is not None:
+            if not hasattr(env, "vec") or not hasattr(env.vec, "envs"):
+                raise ValueError(f"--capture-video needs an in-process (sync) env; {env.env_id} is not one")
+            self.skip = max(1, math.ceil((env.episode_limit or VIDEO_MAX_FRAMES) / VIDEO_MAX_FRAMES))
+            self.fps = env_fps(env) / self.skip
+
+    def capture(self) -> None:
+        """Before a step: a frame of env 0 (every k-th step) until its first episode has ended."""
+        if not self.done and self.t % self.skip == 0:
+            self.frames.append(np.asarray(self.env.vec.envs[0].render()))
+        self.t += 1
+
+    def stepped(self, terminated, truncated) -> None:
+        """After a step: stop at the end of env 0's first episode (its last state is the final frame)."""
+        if not self.done and (terminated[0] or truncated[0]):
+            self.done = True
+
+    def save(self) -> str | None:
+        if self.path is None or not self.frames:
+            return None
+        import imageio.v2 as imageio
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with imageio.get_writer(self.path, fps=self.fps, codec="libx264", macro_block_size=16, quality=6) as w:
+            for frame in self.frames:
+                w.append_data(frame)
+        print(f"video saved to {self.path}", flush=True)
+        return self.path
+
+
+# ---------------------------------------------------------------------------------- summary
+def print_summary(run_dir, global_step, eval_return, eval_win, episodes, model_path, interrupted=False) -> None:
+    """The closing lines of a run: where it is, how it did, how to look at it."""
+    if interrupted:
+        final = f"skipped (interrupted at step {global_step:,})"
+    else:
+        final = format_eval(eval_return, eval_win, episodes)
+    lines = [f"run dir:     {run_dir}", f"final eval:  {final}", f"model:       {model_path or 'not saved'}"]
+    if run_dir is not None:
+        lines.append(f"TensorBoard: tensorboard --logdir {os.path.dirname(run_dir) or '.'}")
+    print("\n".join(lines), flush=True)
