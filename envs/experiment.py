@@ -138,16 +138,15 @@ class Training:
         self.bar = None
         print(f"logging to {run_dir} (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
         if sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
+            from rich import progress as rp
 
-            self.bar = Progress(
-                BarColumn(bar_width=20),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"),
+            self.bar = rp.Progress(
+                rp.BarColumn(bar_width=20),
+                rp.MofNCompleteColumn(),
+                rp.TimeElapsedColumn(),
+                rp.TextColumn("ETA"),
+                rp.TimeRemainingColumn(),
+                rp.TextColumn("{task.fields[stats]}"),
                 refresh_per_second=2,
             )
             self.task = self.bar.add_task("training", total=total_timesteps, stats="")
