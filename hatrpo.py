@@ -70,9 +70,9 @@ import torch
 import torch.nn as nn
 import tyro
 from torch.distributions import Categorical, Normal
-from torch.utils.tensorboard import SummaryWriter
 
 import envs
+from envs import experiment
 
 
 @dataclass
@@ -507,20 +507,22 @@ def probability_ratio(agents, i, data):
 
 # ------------------------------------------------------------------ evaluation, checkpoints
 @torch.no_grad()
-def evaluate(agents, args, device, run_dir=None, global_step=0):
-    """Greedy evaluation on a separate env: (mean return, win rate (nan if none)) over eval_episodes."""
-    video = args.capture_video and run_dir is not None
-    kw = {"render_mode": "rgb_array"} if video else {}
-    num_envs = 1 if video else max(1, min(args.eval_episodes, 8))
+def evaluate(agents, args, device, video_path=None):
+    """Greedy evaluation on a separate env: (mean return, win rate (nan if none)) over eval_episodes.
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
     env = envs.make(
-        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kw
+        args.env_id,
+        num_envs=max(1, min(args.eval_episodes, 8)),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
     )
-    returns, wins, frames = [], [], []
+    returns, wins = [], []
     try:
+        video = experiment.Video(env, video_path)
         batch = env.reset()
         while len(returns) < args.eval_episodes:
-            if video and not returns:
-                frames.append(env.render())
+            video.capture()
             obs = torch.as_tensor(batch["obs"], device=device)
             avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
             actions, _ = agents.act(obs, avail, greedy=True)
@@ -528,35 +530,16 @@ def evaluate(agents, args, device, run_dir=None, global_step=0):
             if not env.discrete:
                 actions = np.clip(actions, env.act_low, env.act_high)
             batch, _, terminated, truncated, info = env.step(actions)
+            video.stepped(terminated, truncated)
             for e in np.flatnonzero(terminated | truncated):
                 returns.append(float(info["episode"]["return"][e]))
                 if "win" in env.metric_names:
                     wins.append(float(info["episode"]["win"][e]))
+        video.save()
     finally:
         env.close()
-    if video and frames:
-        import imageio
-
-        os.makedirs(f"{run_dir}/videos", exist_ok=True)
-        imageio.mimsave(f"{run_dir}/videos/eval_{global_step}.gif", frames, duration=1 / 30)
     returns = returns[: args.eval_episodes]
     return float(np.mean(returns)), (float(np.mean(wins[: args.eval_episodes])) if wins else float("nan"))
-
-
-def load_checkpoint(args, algo: str):
-    """The saved dict, after checking that it was made by this algorithm for this env."""
-    if not os.path.isfile(args.checkpoint):
-        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved <exp_name>.pt")
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if ckpt.get("algo") != algo:
-        raise ValueError(
-            f"checkpoint {args.checkpoint} was saved by {ckpt.get('algo')}.py; evaluate it with: "
-            f"python {ckpt.get('algo')}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
-        )
-    if ckpt.get("env_id") != args.env_id:
-        env_id = ckpt["env_id"]
-        raise ValueError(f"checkpoint {args.checkpoint} was made for env {env_id}; pass --env-id {env_id}")
-    return ckpt
 
 
 def check_args(args, env_discrete: bool):
@@ -574,13 +557,14 @@ def train(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
+    device = experiment.device(args.cuda)
     algo = "hatrpo"
     if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
         raise ValueError("--capture-video is supported for MA-MuJoCo and MPE envs only")
 
     if args.checkpoint:  # evaluate a saved model instead of training
-        ckpt = load_checkpoint(args, algo)
+        ckpt = experiment.load_checkpoint(args.checkpoint, algo, args.env_id)
         # checkpoints made before --state-type lack it: they had the default
         args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS if k in ckpt["args"]})
         args.init_mean = tuple(args.init_mean)
@@ -589,9 +573,11 @@ def train(args: Args) -> dict:
         agents = HAAgents(probe, args).to(device)
         probe.close()
         agents.load_state_dict(ckpt["model"])
-        eval_return, eval_win = evaluate(agents, args, device, run_dir=os.path.dirname(args.checkpoint))
-        print(f"checkpoint {args.checkpoint}: eval return {eval_return:.3f} over {args.eval_episodes} episodes")
-        return {"run_dir": None, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        eval_return, eval_win = evaluate(agents, args, device, video)
+        experiment.print_summary(run_dir, 0, eval_return, eval_win, args.eval_episodes, args.checkpoint)
+        return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
                 "eval_return": eval_return, "eval_win_rate": eval_win}  # fmt: skip
 
     env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
@@ -605,12 +591,8 @@ def train(args: Args) -> dict:
             env.close()
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be between 1 and num_envs * num_steps = {args.batch_size}")
-    run_dir = f"runs/{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
-    )
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
 
     agents = HAAgents(env, args).to(device)
     value_norm = ValueNorm(args.value_norm).to(device)
@@ -633,6 +615,7 @@ def train(args: Args) -> dict:
     done_buf = torch.zeros((T, E, *per_agent), **f32)
 
     global_step, start_time, next_eval = 0, time.time(), args.eval_interval
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     batch = env.reset()
     for iteration in range(1, args.num_iterations + 1):
@@ -744,32 +727,34 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/value_loss", float(np.mean(v_losses)), global_step)
         for k, v in stats.items():
             writer.add_scalar(f"losses/{k}", float(np.mean(v)), global_step)
-        print(f"global_step={global_step} SPS={sps} episodic_return={mean_return:.3f}")
-
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
         if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
-            eval_return, eval_win = evaluate(agents, args, device, run_dir, global_step)
-            writer.add_scalar("eval/episodic_return", eval_return, global_step)
-            if not np.isnan(eval_win):
-                writer.add_scalar("eval/win_rate", eval_win, global_step)
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+            eval_return, eval_win = evaluate(agents, args, device, video)
+            experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
 
     env.close()
-    eval_return, eval_win = evaluate(agents, args, device, run_dir, global_step)
-    writer.add_scalar("eval/episodic_return", eval_return, global_step)
-    if not np.isnan(eval_win):
-        writer.add_scalar("eval/win_rate", eval_win, global_step)
-    print(f"global_step={global_step} eval_return={eval_return:.3f}")
-
+    training.close()
+    # ----------------------------------------------------------- save, final evaluation, summary
     model_path = None
-    if args.save_model:
-        model_path = f"{run_dir}/{args.exp_name}.pt"
-        torch.save(
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            f"{run_dir}/{args.exp_name}.pt",
             {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
              "value_norm": value_norm.state_dict()},
-            model_path,
         )  # fmt: skip
-        print(f"model saved to {model_path}")
+    eval_return, eval_win = float("nan"), float("nan")
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        eval_return, eval_win = evaluate(agents, args, device, video)
+        experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
     writer.close()
+    experiment.print_summary(
+        run_dir, global_step, eval_return, eval_win, args.eval_episodes, model_path, training.interrupted
+    )
     return {
         "run_dir": run_dir,
         "model_path": model_path,
@@ -781,4 +766,5 @@ def train(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))

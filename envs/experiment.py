@@ -249,13 +249,13 @@ def load_checkpoint(path: str, algo: str, env_id: str) -> dict:
         )
     if ckpt.get("env_id") != env_id:
         raise ValueError(f"{path} was made for env {ckpt.get('env_id')}; pass --env-id {ckpt.get('env_id')}")
-    bad = non_finite(ckpt.get("model"))
+    bad = non_finite({k: v for k, v in ckpt.items() if k != "args"}, "checkpoint")
     if bad:
         raise ValueError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}): the training diverged")
     return ckpt
 
 
-def non_finite(tree, prefix: str = "model") -> list[str]:
+def non_finite(tree, prefix: str) -> list[str]:
     """The names of the floating-point tensors/arrays in a nested dict/list that hold NaN or inf."""
     if isinstance(tree, dict):
         return [n for k, v in tree.items() for n in non_finite(v, f"{prefix}.{k}")]
@@ -319,7 +319,7 @@ class Video:
         import imageio.v2 as imageio
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with imageio.get_writer(self.path, fps=self.fps, codec="libx264", macro_block_size=16, quality=6) as w:
+        with imageio.get_writer(self.path, fps=self.fps, codec="libx264", macro_block_size=2, quality=6) as w:
             for frame in self.frames:
                 w.append_data(frame)
         print(f"video saved to {self.path}", flush=True)
