@@ -83,9 +83,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.distributions import Categorical, Normal
-from torch.utils.tensorboard import SummaryWriter
 
 import envs
+from envs import experiment
 
 
 @dataclass
@@ -495,37 +495,34 @@ class Inputs:
         return actions.cpu().numpy()
 
 
-def evaluate_policy(model, args: Args, device, global_step: int, run_dir: str | None) -> dict:
-    """Greedy evaluation on a separate env until args.eval_episodes episodes have ended."""
-    video = args.capture_video and run_dir is not None
-    kwargs = {"render_mode": "rgb_array"} if video else {}
-    num_envs = 1 if video else max(1, min(args.eval_episodes, 8))
+def evaluate_policy(model, args: Args, device, video_path: str | None = None) -> dict:
+    """Greedy evaluation on a separate env until args.eval_episodes episodes have ended.
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
     env = envs.make(
-        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kwargs
+        args.env_id,
+        num_envs=max(1, min(args.eval_episodes, 8)),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
     )
     inputs = Inputs(env, args.add_agent_id, device)
-    returns, wins, frames = [], [], []
+    returns, wins = [], []
     try:
+        video = experiment.Video(env, video_path)
         batch = env.reset()
-        if video:
-            frames.append(env.render())
         while len(returns) < args.eval_episodes:
+            video.capture()
             actions, _, _ = model.act(inputs.obs(batch["obs"]), inputs.avail(batch), inputs.act_mask, True)
             batch, _, terminated, truncated, info = env.step(inputs.env_actions(actions))
-            if video and not returns:
-                frames.append(env.render())
+            video.stepped(terminated, truncated)
             if "episode" in info:
                 for e in np.flatnonzero(terminated | truncated):
                     returns.append(float(info["episode"]["return"][e]))
                     if "win" in env.metric_names:
                         wins.append(float(info["episode"]["win"][e]))
+        video.save()
     finally:
         env.close()
-    if video and frames:
-        import imageio
-
-        os.makedirs(f"{run_dir}/videos", exist_ok=True)
-        imageio.mimsave(f"{run_dir}/videos/eval_{global_step}.gif", [f for f in frames if f is not None], duration=40)
     returns = returns[: args.eval_episodes]
     return {
         "eval_return": float(np.mean(returns)),
@@ -543,22 +540,9 @@ def check_args(args: Args) -> None:
         raise ValueError(f"n_embd ({args.n_embd}) must be a multiple of n_head ({args.n_head})")
     if args.dec and args.shuffle_agent_order:
         raise ValueError("MAT-Dec (--dec) has no agent order to shuffle; drop --shuffle-agent-order")
-    if args.checkpoint is None and (args.num_envs < 1 or args.num_steps < 1 or args.total_timesteps < 1):
-        raise ValueError("num_envs, num_steps and total_timesteps must be positive")
-
-
-def load_checkpoint(args: Args, device):
-    if not os.path.isfile(args.checkpoint):
-        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist (pass the path of a saved mat.pt)")
-    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    if ckpt.get("algo") != "mat":
-        raise ValueError(
-            f"{args.checkpoint} was saved by {ckpt.get('algo')}.py; evaluate it with: "
-            f"python {ckpt.get('algo')}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
-        )
-    if ckpt["env_id"] != args.env_id:
-        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
-    return ckpt
+    if args.num_envs < 1 or args.num_steps < 1:
+        raise ValueError("--num-envs and --num-steps must be positive")
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -569,11 +553,11 @@ def train(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = experiment.device(args.cuda)
 
     # ---- evaluate a saved model
     if args.checkpoint is not None:
-        ckpt = load_checkpoint(args, device)
+        ckpt = experiment.load_checkpoint(args.checkpoint, "mat", args.env_id)
         saved = dataclasses.replace(Args(), **{k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__})
         arch = {k: getattr(saved, k) for k in ("dec", "add_agent_id", "n_block", "n_embd", "n_head")}
         eval_args = dataclasses.replace(args, **arch)
@@ -583,28 +567,27 @@ def train(args: Args) -> dict:
         model = MultiAgentTransformer(inputs.in_dim, inputs.n, inputs.discrete, inputs.act_size, eval_args).to(device)
         model.load_state_dict(ckpt["model"])
         model.eval()
-        result = evaluate_policy(model, eval_args, device, 0, None)
-        print(f"{args.checkpoint}: eval return {result['eval_return']:.2f}")
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        result = evaluate_policy(model, eval_args, device, video)
+        experiment.print_summary(
+            run_dir, 0, result["eval_return"], result["eval_win_rate"], args.eval_episodes, args.checkpoint
+        )
         return {
-            "run_dir": None, "model_path": args.checkpoint, "global_step": 0,
+            "run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0,
             "episodic_return": float("nan"), **result,
         }  # fmt: skip
 
     args.batch_size = args.num_envs * args.num_steps
     args.minibatch_size = max(1, args.batch_size // args.num_minibatches)
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = f"runs/{run_name}"
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]),
-    )
 
     # ---- env, model, optimiser
     env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     inputs = Inputs(env, args.add_agent_id, device)
     N, E, T = env.n_agents, args.num_envs, args.num_steps
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
     model = MultiAgentTransformer(inputs.in_dim, N, env.discrete, inputs.act_size, args).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=1e-5)
     value_norm = ValueNorm().to(device)
@@ -625,6 +608,7 @@ def train(args: Args) -> dict:
     trunc_buf = torch.zeros(T, E, dtype=torch.bool, device=device)
 
     global_step, start_time = 0, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     next_eval = args.eval_interval if args.eval_interval > 0 else None
     result = {"eval_return": float("nan"), "eval_win_rate": float("nan")}
@@ -740,38 +724,40 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/clipfrac", float(np.mean(clipfracs)), global_step)
         if not env.discrete:
             writer.add_scalar("losses/action_std", (0.5 * torch.sigmoid(model.std_param)).mean().item(), global_step)
-        mean_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
-        print(f"global_step={global_step}, SPS={sps}, episodic_return={mean_return:.2f}")
-
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
         if next_eval is not None and global_step >= next_eval and iteration < args.num_iterations:
             model.eval()
-            result = evaluate_policy(model, args, device, global_step, run_dir)
-            writer.add_scalar("eval/episodic_return", result["eval_return"], global_step)
-            if "win" in env.metric_names:
-                writer.add_scalar("eval/win_rate", result["eval_win_rate"], global_step)
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+            result = evaluate_policy(model, args, device, video)
+            experiment.log_eval(writer, global_step, result["eval_return"], result["eval_win_rate"], args.eval_episodes)
             while next_eval <= global_step:
                 next_eval += args.eval_interval
 
     env.close()
-    # ---- final evaluation, save
-    model.eval()
-    result = evaluate_policy(model, args, device, global_step, run_dir)
-    writer.add_scalar("eval/episodic_return", result["eval_return"], global_step)
-    if not np.isnan(result["eval_win_rate"]):
-        writer.add_scalar("eval/win_rate", result["eval_win_rate"], global_step)
-    print(f"eval return {result['eval_return']:.2f}")
+    training.close()
+    # ---- save, final evaluation, summary
     model_path = None
-    if args.save_model:
-        model_path = f"{run_dir}/{args.exp_name}.pt"
-        torch.save(
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            f"{run_dir}/{args.exp_name}.pt",
             {
                 "algo": "mat", "env_id": args.env_id, "args": dataclasses.asdict(args),
                 "model": model.state_dict(), "value_norm": value_norm.state_dict(),
             },
-            model_path,
         )  # fmt: skip
-        print(f"model saved to {model_path}")
+    result = {"eval_return": float("nan"), "eval_win_rate": float("nan")}
+    if not training.interrupted:
+        model.eval()
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        result = evaluate_policy(model, args, device, video)
+        experiment.log_eval(writer, global_step, result["eval_return"], result["eval_win_rate"], args.eval_episodes)
     writer.close()
+    experiment.print_summary(
+        run_dir, global_step, result["eval_return"], result["eval_win_rate"], args.eval_episodes, model_path,
+        training.interrupted,
+    )  # fmt: skip
     return {
         "run_dir": run_dir,
         "model_path": model_path,
@@ -782,4 +768,5 @@ def train(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
