@@ -84,15 +84,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import imageio
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from torch.utils.tensorboard import SummaryWriter
 
 import envs
+from envs import experiment
 
 CONTINUOUS_ALGOS = "ia2c, ippo, maa2c, mappo, maddpg, happo, hatrpo, mat"
 
@@ -145,10 +144,10 @@ class Args:
     """hidden size of the actor (and of its GRU)"""
     critic_hidden_dim: int = 128
     """hidden size of the critic's two hidden layers"""
-    lr: float = 5e-4
-    """the learning rate of the actor"""
-    critic_lr: float = 5e-4
-    """the learning rate of the critic"""
+    learning_rate: float = 5e-4
+    """the learning rate of the actor optimizer"""
+    critic_learning_rate: float = 5e-4
+    """the learning rate of the critic optimizer"""
     gamma: float = 0.99
     """the discount factor gamma"""
     td_lambda: float = 0.8
@@ -319,48 +318,28 @@ def to_t(x, device, dtype=torch.float32):
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
-def load_checkpoint(args: Args) -> dict:
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f"checkpoint {args.checkpoint!r} does not exist (pass the path of a saved <run_dir>/<exp_name>.pt)"
-        )
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    algo = ckpt.get("algo") if isinstance(ckpt, dict) else None
-    if algo != "coma":
-        raise ValueError(
-            f"checkpoint {args.checkpoint} was saved by {algo}.py, not coma.py; evaluate it with: "
-            f"python {algo}.py --env-id {ckpt.get('env_id', args.env_id)} --checkpoint {args.checkpoint}"
-        )
-    if ckpt["env_id"] != args.env_id:
-        raise ValueError(
-            f"checkpoint {args.checkpoint} was made for env {ckpt['env_id']}, not {args.env_id}; "
-            f"pass --env-id {ckpt['env_id']}"
-        )
-    return ckpt
-
-
 @torch.no_grad()
 def evaluate(
     actor: Actor, env_id: str, n_episodes: int, seed: int, device, video_path: str | None = None, env_options=()
 ):
-    """Greedy episodes (argmax over available actions). Returns (mean return, win rate or nan)."""
-    options = {**envs.parse_options(env_options), **({"render_mode": "rgb_array"} if video_path else {})}
-    env = envs.make(env_id, num_envs=1 if video_path else min(n_episodes, 8), seed=seed, **options)
-    returns, wins, frames = [], [], []
+    """Greedy episodes (argmax over available actions). Returns (mean return, win rate or nan).
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
+    options = {**envs.parse_options(env_options), **experiment.render_options(video_path)}
+    env = envs.make(env_id, num_envs=min(n_episodes, 8), seed=seed, **options)
+    returns, wins = [], []
     try:
+        video = experiment.Video(env, video_path)
         batch = env.reset()
         E, N, A = env.num_envs, env.n_agents, env.n_actions
         h = actor.initial_state(E, device)
         last = torch.zeros(E, N, A, device=device)
-        if video_path:
-            frames.append(env.render())
         while len(returns) < n_episodes:
+            video.capture()
             avail = to_t(batch["avail"], device, torch.bool)
             logits, h = actor(to_t(batch["obs"], device), last, h)
             action = logits.masked_fill(~avail, -1e10).argmax(-1)
             batch, _, term, trunc, info = env.step(action.cpu().numpy())
-            if video_path and not returns:
-                frames.append(env.render())
+            video.stepped(term, trunc)
             done = term | trunc
             if done.any():
                 for e in np.flatnonzero(done):
@@ -371,11 +350,9 @@ def evaluate(
                 h, last = h * keep, F.one_hot(action, A).float() * keep
             else:
                 last = F.one_hot(action, A).float()
+        video.save()
     finally:
         env.close()
-    if video_path and frames:
-        os.makedirs(os.path.dirname(video_path), exist_ok=True)
-        imageio.mimsave(video_path, [np.asarray(f) for f in frames if f is not None])
     win_rate = float(np.mean(wins[:n_episodes])) if wins else float("nan")
     return float(np.mean(returns[:n_episodes])), win_rate
 
@@ -395,20 +372,21 @@ def check_args(args: Args, env) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 def train(args: Args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
+    device = experiment.device(args.cuda)
     if args.checkpoint:
-        ckpt = load_checkpoint(args)
+        ckpt = experiment.load_checkpoint(args.checkpoint, "coma", args.env_id)
         saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
-        if args.capture_video:
-            raise ValueError("--capture-video is for training runs (the final evaluation); drop it with --checkpoint")
+        if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
+            raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not {args.env_id}")
         actor = Actor(ckpt["obs_dims"], ckpt["act_dims"], saved.share_params, saved.use_rnn, saved.hidden_dim)
         actor.load_state_dict(ckpt["model"]["actor"])
         actor.to(device)
-        ret, win = evaluate(
-            actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, env_options=args.env_options
-        )
-        print(f"checkpoint {args.checkpoint}: eval return {ret:.3f} win rate {win:.3f}")
-        return {"run_dir": None, "model_path": args.checkpoint, "global_step": 0,
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        ret, win = evaluate(actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options)
+        experiment.print_summary(run_dir, 0, ret, win, args.eval_episodes, args.checkpoint)
+        return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0,
                 "episodic_return": float("nan"), "eval_return": ret, "eval_win_rate": win}  # fmt: skip
 
     env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
@@ -419,13 +397,8 @@ def train(args: Args) -> dict:
         raise
     args.batch_size = args.num_envs * args.num_steps
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join([f"|{k}|{v}|" for k, v in vars(args).items()]),
-    )
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -438,8 +411,8 @@ def train(args: Args) -> dict:
     critic = Critic(critic_in, A, args.critic_hidden_dim).to(device)
     target_critic = Critic(critic_in, A, args.critic_hidden_dim).to(device)
     target_critic.load_state_dict(critic.state_dict())
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, eps=1e-5)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, eps=1e-5)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
 
     def qin(state, obs, actions, last):
         return critic_inputs(state, obs, F.one_hot(actions, A).float(), last if args.critic_last_action else None)
@@ -462,9 +435,9 @@ def train(args: Args) -> dict:
     h = actor.initial_state(E, device)
     last = torch.zeros(E, N, A, device=device)
     global_step, n_critic_updates, next_eval = 0, 0, args.eval_interval
-    recent_returns = deque(maxlen=20)
-    eval_return, eval_win = float("nan"), float("nan")
+    recent_returns, recent_wins = deque(maxlen=20), deque(maxlen=20)
     start_time = time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
 
     def sample(obs, last, h, avail, eps):
         logits, h = actor(obs, last, h)
@@ -551,6 +524,7 @@ def train(args: Args) -> dict:
         # ------------------------------------------------------------------ logging / evaluation
         # one point per iteration: the mean of the episodes that ended in it (cheap on one-step games)
         recent_returns.extend(ended["return"])
+        recent_wins.extend(ended["win"])
         if ended["return"]:
             writer.add_scalar("charts/episodic_return", np.mean(ended["return"]), global_step)
             writer.add_scalar("charts/episodic_length", np.mean(ended["length"]), global_step)
@@ -570,40 +544,39 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/target_mean", targets.mean().item(), global_step)
         writer.add_scalar("losses/advantage_abs", advantage.abs().mean().item(), global_step)
         writer.add_scalar("losses/actor_grad_norm", float(grad_norm), global_step)
-        if iteration % max(1, args.num_iterations // 20) == 0 or iteration == args.num_iterations:
-            mean_ret = np.mean(recent_returns) if recent_returns else float("nan")
-            print(f"global_step={global_step} SPS={sps} eps={eps:.3f} episodic_return={mean_ret:.3f} "
-                  f"critic_loss={critic_loss.item():.4f}")  # fmt: skip
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
         if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
             eval_return, eval_win = evaluate(
-                actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, env_options=args.env_options
+                actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options
             )
-            writer.add_scalar("eval/episodic_return", eval_return, global_step)
-            if not np.isnan(eval_win):
-                writer.add_scalar("eval/win_rate", eval_win, global_step)
+            experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
     env.close()
+    training.close()
 
-    # ---------------------------------------------------------------------- final evaluation, save
-    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
-    eval_return, eval_win = evaluate(
-        actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options
-    )
-    writer.add_scalar("eval/episodic_return", eval_return, global_step)
-    if not np.isnan(eval_win):
-        writer.add_scalar("eval/win_rate", eval_win, global_step)
-    print(f"final greedy eval: return {eval_return:.3f} win rate {eval_win:.3f}")
+    # ---------------------------------------------------------------------- save, final evaluation, summary
     model_path = None
-    if args.save_model:
-        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
-        torch.save(
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            os.path.join(run_dir, f"{args.exp_name}.pt"),
             {"algo": "coma", "env_id": args.env_id, "args": dataclasses.asdict(args),
              "obs_dims": list(env.obs_dims), "act_dims": list(env.act_dims),
              "model": {"actor": actor.state_dict(), "critic": critic.state_dict()}},
-            model_path,
         )  # fmt: skip
-        print(f"model saved to {model_path}")
+    eval_return, eval_win = float("nan"), float("nan")
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        eval_return, eval_win = evaluate(
+            actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options
+        )
+        experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
     writer.close()
+    experiment.print_summary(
+        run_dir, global_step, eval_return, eval_win, args.eval_episodes, model_path, training.interrupted
+    )
     return {
         "run_dir": run_dir,
         "model_path": model_path,
@@ -615,4 +588,5 @@ def train(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
