@@ -72,15 +72,14 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-import imageio
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from torch.utils.tensorboard import SummaryWriter
 
 import envs
+from envs import experiment
 
 
 @dataclass
@@ -143,9 +142,9 @@ class Args:
     """the discount factor gamma"""
     tau: float = 0.01
     """target smoothing coefficient (Polyak averaging)"""
-    actor_lr: float = 1e-3
+    learning_rate: float = 1e-3
     """the learning rate of the actor"""
-    critic_lr: float = 1e-3
+    critic_learning_rate: float = 1e-3
     """the learning rate of the critic"""
     hidden_dim: int = 64
     """hidden units of the two hidden layers (actor and critic)"""
@@ -380,37 +379,37 @@ def critic_x(batch_state, batch_obs, critic_input: str):
     return batch_state if critic_input == "state" else batch_obs.flatten(1)
 
 
-def make_eval_env(args: Args, video: bool):
-    """The separate evaluation env: one env rendering frames for a video, else up to 8."""
-    kwargs = {"render_mode": "rgb_array"} if video else {}
-    num_envs = 1 if video else min(args.eval_episodes, 8)
+def make_eval_env(args: Args, video_path: str | None):
+    """The separate evaluation env (up to 8 envs), rendering frames where a video is recorded."""
     return envs.make(
-        args.env_id, num_envs=num_envs, seed=args.seed + 10_000, **envs.parse_options(args.env_options), **kwargs
+        args.env_id,
+        num_envs=min(args.eval_episodes, 8),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
     )
 
 
 def evaluate(env, actor, policy, args: Args, device, video_path: str | None = None) -> dict[str, float]:
     """Greedy evaluation (no noise; argmax over available actions) until eval_episodes episodes end.
-    With `video_path` (env made by make_eval_env(args, True)): the first episode's frames go to a gif."""
-    returns, wins, video = [], [], None
-    if video_path:
-        os.makedirs(os.path.dirname(video_path), exist_ok=True)
-        video = imageio.get_writer(video_path, mode="I", duration=1 / 25)
+    With `video_path` (env made by make_eval_env(args, video_path)): the first episode of env 0 is
+    recorded as well (the numbers do not change)."""
+    returns, wins = [], []
+    video = experiment.Video(env, video_path)
     batch = env.reset()
     while len(returns) < args.eval_episodes:
-        if video is not None and not returns:
-            video.append_data(np.asarray(env.render()))
+        video.capture()
         with torch.no_grad():
             obs = torch.as_tensor(batch["obs"], device=device)
             avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
             u = policy.features(actor(obs), avail)
         batch, _, terminated, truncated, info = env.step(policy.to_env(u))
+        video.stepped(terminated, truncated)
         for e in np.flatnonzero(terminated | truncated):
             returns.append(float(info["episode"]["return"][e]))
             if "win" in env.metric_names:
                 wins.append(float(info["episode"]["win"][e]))
-    if video is not None:
-        video.close()
+    video.save()
     returns, wins = returns[: args.eval_episodes], wins[: args.eval_episodes]
     return {"return": float(np.mean(returns)), "win_rate": float(np.mean(wins)) if wins else float("nan")}
 
@@ -427,21 +426,7 @@ def check_args(args: Args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 < args.tau <= 1.0:
         raise ValueError(f"--tau must be in (0, 1], got {args.tau}")
-
-
-def load_checkpoint(args: Args, device):
-    if not os.path.isfile(args.checkpoint):
-        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved maddpg .pt file")
-    ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-    algo = ckpt.get("algo", "?")
-    if algo != "maddpg":
-        raise ValueError(
-            f"{args.checkpoint} was saved by {algo}.py; evaluate it with: "
-            f"python {algo}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
-        )
-    if ckpt["env_id"] != args.env_id:
-        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
-    return ckpt
+    experiment.check_args(args, args.num_envs, runtime_fields=("num_iterations",))  # budget, learning rates, --cuda
 
 
 # -------------------------------------------------------------------------- training
@@ -452,34 +437,31 @@ def train(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = experiment.device(args.cuda)
 
     # --- evaluate a saved model
     if args.checkpoint:
-        ckpt = load_checkpoint(args, device)
+        ckpt = experiment.load_checkpoint(args.checkpoint, "maddpg", args.env_id)
         saved = Args(**{k: v for k, v in ckpt["args"].items() if k in Args.__dataclass_fields__})
-        run_dir = os.path.dirname(os.path.abspath(args.checkpoint))
-        video = os.path.join(run_dir, "videos", "eval_checkpoint.gif") if args.capture_video else None
-        with make_eval_env(args, video is not None) as eval_env:
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        with make_eval_env(args, video) as eval_env:
             actor = Actor(eval_env, saved.hidden_dim, saved.share_params).to(device)
             actor.load_state_dict(ckpt["model"]["actor"])
             result = evaluate(eval_env, actor, Policy(eval_env, device), args, device, video)
-        print(f"checkpoint {args.checkpoint}: eval return {result['return']:.3f}")
+        experiment.print_summary(run_dir, 0, result["return"], result["win_rate"], args.eval_episodes, args.checkpoint)
         return {
             "run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
             "eval_return": result["return"], "eval_win_rate": result["win_rate"],
         }  # fmt: skip
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
     env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
     E, N = env.num_envs, env.n_agents
     act_size = env.n_actions if env.discrete else env.act_dim
     x_dim = env.state_dim if args.critic_input == "state" else N * env.obs_dim
     args.num_iterations = args.total_timesteps // E
-    writer = SummaryWriter(run_dir)
-    table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
 
     # --- networks: actor, centralised critic, their targets
     actor = Actor(env, args.hidden_dim, args.share_params).to(device)
@@ -494,8 +476,8 @@ def train(args: Args) -> dict:
         target_critics.append(Critic(env, x_dim, act_size, args.hidden_dim, args.share_critic).to(device))
         target_critics[1].load_state_dict(critics[1].state_dict())
     critic_params = [p for c in critics for p in c.parameters()]
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, eps=1e-5)
-    critic_opt = torch.optim.Adam(critic_params, lr=args.critic_lr, eps=1e-5)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
+    critic_opt = torch.optim.Adam(critic_params, lr=args.critic_learning_rate, eps=1e-5)
     policy = Policy(env, device)
 
     # --- replay buffer
@@ -559,6 +541,7 @@ def train(args: Args) -> dict:
     # --- the off-policy loop
     recent_returns, recent_wins = deque(maxlen=20), deque(maxlen=20)
     losses, global_step, start_time, last_print = {}, 0, time.time(), 0.0
+    training = experiment.Training(run_dir, args.num_iterations * E)  # progress bar, Ctrl-C
     next_eval = args.eval_interval if args.eval_interval > 0 else None
     batch = env.reset()
     for iteration in range(1, args.num_iterations + 1):
@@ -606,44 +589,47 @@ def train(args: Args) -> dict:
 
         if next_eval is not None and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
-            video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
-            with make_eval_env(args, video is not None) as eval_env:
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+            with make_eval_env(args, video) as eval_env:
                 ev = evaluate(eval_env, actor, policy, args, device, video)
-            writer.add_scalar("eval/episodic_return", ev["return"], global_step)
-            if "win" in env.metric_names:
-                writer.add_scalar("eval/win_rate", ev["win_rate"], global_step)
+            experiment.log_eval(writer, global_step, ev["return"], ev["win_rate"], args.eval_episodes)
 
-        if time.time() - last_print > 5.0 or iteration == args.num_iterations:
+        if training.interrupted:
+            break
+        if time.time() - last_print > 1.0 or iteration == args.num_iterations:
             last_print = time.time()
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/learning_rate", args.actor_lr, global_step)
+            writer.add_scalar("charts/learning_rate", args.learning_rate, global_step)
             if not env.discrete:
                 writer.add_scalar("charts/exploration_noise", noise_std(args, global_step), global_step)
             for k, v in losses.items():
                 writer.add_scalar(f"losses/{k}", v.item(), global_step)
-            ret = np.mean(recent_returns) if recent_returns else float("nan")
-            print(f"global_step={global_step}, SPS={sps}, episodic_return={ret:.3f}")
+            training.update(global_step, recent_returns, recent_wins)
 
-    # --- final evaluation, save
-    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
-    with make_eval_env(args, video is not None) as eval_env:
-        ev = evaluate(eval_env, actor, policy, args, device, video)
-    writer.add_scalar("eval/episodic_return", ev["return"], global_step)
-    if "win" in env.metric_names:
-        writer.add_scalar("eval/win_rate", ev["win_rate"], global_step)
-    print(f"eval: return {ev['return']:.3f} over {args.eval_episodes} episodes")
+    env.close()
+    training.close()
+    # --- save, final evaluation, summary
     model_path = None
-    if args.save_model:
-        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
         nets = {"actor": actor, "critic": critic, "target_actor": target_actor, "target_critic": target_critic}
         if args.twin_critics:
             nets.update(critic2=critics[1], target_critic2=target_critics[1])
         model = {k: m.state_dict() for k, m in nets.items()}
-        torch.save({"algo": "maddpg", "env_id": args.env_id, "args": asdict(args), "model": model}, model_path)
-        print(f"model saved to {model_path}")
-    env.close()
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            os.path.join(run_dir, f"{args.exp_name}.pt"),
+            {"algo": "maddpg", "env_id": args.env_id, "args": asdict(args), "model": model},
+        )
+    ev = {"return": float("nan"), "win_rate": float("nan")}
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        with make_eval_env(args, video) as eval_env:
+            ev = evaluate(eval_env, actor, policy, args, device, video)
+        experiment.log_eval(writer, global_step, ev["return"], ev["win_rate"], args.eval_episodes)
     writer.close()
+    experiment.print_summary(
+        run_dir, global_step, ev["return"], ev["win_rate"], args.eval_episodes, model_path, training.interrupted
+    )
     return {
         "run_dir": run_dir,
         "model_path": model_path,
@@ -655,4 +641,5 @@ def train(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
