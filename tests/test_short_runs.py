@@ -155,4 +155,4 @@ def test_video_of_mpe_evaluation(algo):
     module, args = make_args(algo, "mpe-spread", capture_video=True, eval_episodes=1)
     result = module.train(args)
     videos = os.path.join(result["run_dir"], "videos")
-    assert any(f.endswith(".gif") for f in os.listdir(videos))
+    assert any(f.endswith(".mp4") for f in os.listdir(videos))
