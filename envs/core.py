@@ -11,6 +11,7 @@ observation is a dict of padded per-agent arrays, so that gymnasium's own vector
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -345,12 +346,14 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         # the first reset uses make()'s seed; env e of the batch is seeded with seed + e
         seed, self._seed = (self._seed if seed is None else seed), None
-        obs, _ = self.vec.reset(seed=seed)
+        with self._worker_errors():
+            obs, _ = self.vec.reset(seed=seed)
         return self._batch(obs)
 
     def step(self, actions):
         actions = self.check_actions(actions, self._avail)
-        obs, reward, terminated, truncated, vinfo = self.vec.step(actions)
+        with self._worker_errors():
+            obs, reward, terminated, truncated, vinfo = self.vec.step(actions)
         batch = self._batch(obs)
         done = terminated | truncated
         # per-agent rewards: from the step's info, or, for envs that just ended, from final_info
@@ -376,6 +379,19 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
 
     def render(self):
         return self.vec.call("render")[0]  # the frame of env 0
+
+    @contextlib.contextmanager
+    def _worker_errors(self):
+        """A worker process that died (killed, crashed simulator) surfaces as an error naming the env."""
+        try:
+            yield
+        except (BrokenPipeError, EOFError, ConnectionResetError) as e:
+            dead = [f"env {i} (exit code {p.exitcode})" for i, p in enumerate(getattr(self.vec, "processes", []))
+                    if not p.is_alive()]  # fmt: skip
+            raise RuntimeError(
+                f"{self.env_id}: a worker process died: {', '.join(dead) or 'unknown worker'} of {self.num_envs} "
+                f"({type(e).__name__}). It was killed or its simulator crashed (e.g. out of memory); run again"
+            ) from e
 
     def close(self) -> None:
         self.vec.close()
