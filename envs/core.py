@@ -394,4 +394,7 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
             ) from e
 
     def close(self) -> None:
+        if any(not p.is_alive() for p in getattr(self.vec, "processes", [])):  # a dead worker cannot answer
+            with contextlib.suppress(BrokenPipeError, EOFError, ConnectionResetError):
+                self.vec.close(terminate=True)  # end the others
         self.vec.close()
