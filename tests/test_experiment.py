@@ -185,6 +185,20 @@ def test_every_file_prints_the_same_lines(algo, capsys):
     assert f"model:       {result['model_path']}\nTensorBoard: tensorboard --logdir runs" in out
 
 
+def test_progress_and_eval_lines_show_the_win_rate_where_there_is_one(capsys):
+    assert experiment.format_eval(-1.5, 0.25, 10) == "return -1.500, win rate 0.25 over 10 episodes"
+    assert experiment.format_eval(-1.5, math.nan, 10) == "return -1.500 over 10 episodes"
+    training = experiment.Training("runs/x", 1000)  # not a terminal here: a line at every tenth
+    training.update(100, [1.0, 2.0], [0.0, 1.0])
+    training.update(150, [1.0], [])  # still in the second tenth: no line
+    training.update(1000, [3.0], [])
+    training.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "logging to runs/x (tensorboard --logdir runs)" and len(lines) == 3, lines
+    assert lines[1].startswith("step 100/1,000 (10%)") and lines[1].endswith("return 1.500  win rate 0.50")
+    assert lines[2].startswith("step 1,000/1,000 (100%)") and lines[2].endswith("return 3.000")
+
+
 # ---------------------------------------------------------------------------- clear errors
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize(
