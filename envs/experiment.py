@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -319,9 +320,11 @@ class Video:
         import imageio.v2 as imageio
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with imageio.get_writer(self.path, fps=self.fps, codec="libx264", macro_block_size=2, quality=6) as w:
-            for frame in self.frames:
-                w.append_data(frame)
+        with warnings.catch_warnings():  # the ffmpeg subprocess execs at once: jax's fork warning does not apply
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            with imageio.get_writer(self.path, fps=self.fps, codec="libx264", macro_block_size=2, quality=6) as w:
+                for frame in self.frames:
+                    w.append_data(frame)
         print(f"video saved to {self.path}", flush=True)
         return self.path
 

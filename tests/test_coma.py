@@ -87,7 +87,7 @@ def test_td_lambda_limits():
 def test_continuous_env_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="discrete actions only") as e:
-        coma.train(coma.Args(env_id="product-game", total_timesteps=100))
+        coma.train(coma.Args(env_id="product-game", total_timesteps=200))
     for algo in ("ia2c", "ippo", "maa2c", "mappo", "maddpg", "happo", "hatrpo", "mat"):
         assert algo in str(e.value)
     assert not os.path.exists(tmp_path / "runs")
