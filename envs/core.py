@@ -12,7 +12,9 @@ observation is a dict of padded per-agent arrays, so that gymnasium's own vector
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -298,6 +300,13 @@ class ParallelEnvAdapter(gym.Env):
 
 
 # ------------------------------------------------------ gymnasium vector env -> contract
+def _ignore_ctrl_c(make_env: Callable[[], ParallelEnvAdapter]) -> ParallelEnvAdapter:
+    """Runs in an async worker: the terminal's Ctrl-C goes to the whole process group, but it is meant
+    for the main process (which finishes its iteration and saves the model), so the worker ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env()
+
+
 class GymVectorMultiAgentEnv(MultiAgentVecEnv):
     """The contract on top of gymnasium's Sync/AsyncVectorEnv over `ParallelEnvAdapter`s.
 
@@ -321,6 +330,7 @@ class GymVectorMultiAgentEnv(MultiAgentVecEnv):
         if vectorization == "sync":
             self.vec = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=mode)
         elif vectorization == "async":
+            env_fns = [functools.partial(_ignore_ctrl_c, fn) for fn in env_fns]
             self.vec = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=mode, context="spawn")
         else:
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")

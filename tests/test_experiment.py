@@ -265,13 +265,16 @@ def test_a_long_mujoco_episode_renders_every_kth_step_at_real_speed():
     assert video.fps == pytest.approx(20.0 / video.skip)  # one second of video = one second of the episode
 
 
-def test_a_dead_async_worker_names_the_env(monkeypatch):
+def test_async_workers_leave_ctrl_c_to_the_main_process_and_a_dead_one_names_the_env(monkeypatch):
     import envs.tsc
 
     monkeypatch.setattr(envs.tsc, "NUM_SECONDS", 100)
     rng = np.random.default_rng(0)
     with envs.make("tsc-2x2", num_envs=2, seed=0) as env:
         batch = env.reset()
+        os.kill(env.vec.processes[0].pid, signal.SIGINT)  # as the terminal's Ctrl-C: ignored by the workers
+        batch, *_ = env.step(envs.random_actions(env, batch, rng))
+        assert env.vec.processes[0].is_alive()
         env.vec.processes[1].kill()
         env.vec.processes[1].join()
         with pytest.raises(RuntimeError, match=r"tsc-2x2: a worker process died: env 1 \(exit code -9\) of 2"):
