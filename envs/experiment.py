@@ -38,7 +38,7 @@ import torch
 RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
 VIDEO_MAX_FRAMES = 200  # frames rendered per video: a 1000-step MuJoCo episode renders every 5th step
 
-_current = {"run_dir": None, "updated": False}  # the run of this process, for main()'s clean-up
+_current = {"run_dir": None, "updated": False, "training": None}  # the run of this process, for clean-ups
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -131,6 +131,9 @@ class Training:
     """
 
     def __init__(self, run_dir: str, total_timesteps: int):
+        if _current["training"] is not None:  # a run of this process that raised without closing
+            _current["training"].close()
+        _current["training"] = self
         self.run_dir, self.total = run_dir, total_timesteps
         self.interrupted, self.start, self.next_tenth = False, time.time(), 1
         self._old_handler = None
@@ -179,6 +182,8 @@ class Training:
             )
 
     def close(self) -> None:
+        if _current["training"] is self:
+            _current["training"] = None
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
@@ -199,6 +204,8 @@ def main():
     try:
         yield
     except BaseException as e:
+        if _current["training"] is not None:
+            _current["training"].close()  # stop the bar, give Ctrl-C back
         run_dir = _current["run_dir"]
         if run_dir is not None and not _current["updated"] and os.path.isdir(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)

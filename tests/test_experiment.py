@@ -70,6 +70,14 @@ def test_a_run_that_fails_before_its_first_update_leaves_no_folder():
     assert os.path.isdir(run_dir)
 
 
+def test_a_run_that_raised_gives_ctrl_c_back():
+    original = signal.getsignal(signal.SIGINT)
+    experiment.Training("runs/a", 10)  # a train() that raised before closing its Training
+    assert signal.getsignal(signal.SIGINT) != original
+    experiment.Training("runs/b", 10).close()  # the next run of the process cleans up after it
+    assert signal.getsignal(signal.SIGINT) == original
+
+
 def test_ctrl_c_finishes_the_iteration_saves_the_model_and_exits_cleanly(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "mappo.py"), "--env-id", "matrix-climbing",
            "--total-timesteps", "100000000", "--eval-interval", "0"]  # fmt: skip
