@@ -287,3 +287,12 @@ def test_async_workers_leave_ctrl_c_to_the_main_process_and_a_dead_one_names_the
         env.vec.processes[1].join()
         with pytest.raises(RuntimeError, match=r"tsc-2x2: a worker process died: env 1 \(exit code -9\) of 2"):
             env.step(envs.random_actions(env, batch, rng))
+
+
+def test_coma_evaluates_a_checkpoint_with_video():
+    module, args = tiny_args("coma", env_id="mpe-spread", eval_episodes=1)
+    model_path = module.train(args)["model_path"]
+    _, eval_args = tiny_args("coma", env_id="mpe-spread", eval_episodes=1, checkpoint=model_path, capture_video=True)
+    result = module.train(eval_args)
+    assert math.isfinite(result["eval_return"])
+    assert os.path.isfile(os.path.join(os.path.dirname(model_path), "videos", "eval_checkpoint.mp4"))
