@@ -286,13 +286,38 @@ def render_options(path: str | None) -> dict:
     return {"render_mode": "rgb_array"} if path is not None else {}
 
 
+def _simulators(env):
+    """The env under wrappers (e.g. mamujoco's GlobalObservation): the one that holds the simulators."""
+    from envs.core import MultiAgentVecEnv
+
+    while not hasattr(env, "vec") and isinstance(getattr(env, "env", None), MultiAgentVecEnv):
+        env = env.env
+    return env
+
+
 def env_fps(env) -> float:
-    """Frames per second of real time of the first env: 1 / MuJoCo's dt, or the env's metadata render_fps."""
+    """Frames per second of real time: the env's render_fps, 1 / dt of a MuJoCo env, or the metadata
+    render_fps of the first PettingZoo env of a gymnasium vector env (mpe2)."""
+    env = _simulators(env)
+    if getattr(env, "render_fps", None):
+        return float(env.render_fps)
+    if getattr(env, "dt", None):  # the fast MuJoCo path: timestep x frame skip
+        return 1.0 / env.dt
+    if not hasattr(getattr(env, "vec", None), "envs"):
+        raise ValueError(f"--capture-video needs an env stepped in this process; {env.env_id} is not")
     inner = env.vec.envs[0].env  # the PettingZoo env behind the first gymnasium env of the batch
-    single = getattr(inner, "single_agent_env", None)  # Multi-Agent MuJoCo wraps one gymnasium MuJoCo env
+    single = getattr(inner, "single_agent_env", None)  # gymnasium-robotics' MaMuJoCo wraps one MuJoCo env
     if single is not None:
         return 1.0 / single.unwrapped.dt
     return float(inner.metadata["render_fps"])
+
+
+def render_first(env) -> np.ndarray:
+    """The frame of env 0 (rendering only that one where the batch is a gymnasium vector env)."""
+    env = _simulators(env)
+    if hasattr(getattr(env, "vec", None), "envs"):
+        return np.asarray(env.vec.envs[0].render())
+    return np.asarray(env.render())
 
 
 class Video:
@@ -305,15 +330,13 @@ class Video:
     def __init__(self, env, path: str | None):
         self.path, self.env, self.frames, self.t, self.done = path, env, [], 0, path is None
         if path is not None:
-            if not hasattr(env, "vec") or not hasattr(env.vec, "envs"):
-                raise ValueError(f"--capture-video needs an in-process (sync) env; {env.env_id} is not one")
             self.skip = max(1, math.ceil((env.episode_limit or VIDEO_MAX_FRAMES) / VIDEO_MAX_FRAMES))
             self.fps = env_fps(env) / self.skip
 
     def capture(self) -> None:
         """Before a step: a frame of env 0 (every k-th step) until its first episode has ended."""
         if not self.done and self.t % self.skip == 0:
-            self.frames.append(np.asarray(self.env.vec.envs[0].render()))
+            self.frames.append(render_first(self.env))
         self.t += 1
 
     def stepped(self, terminated, truncated) -> None:

@@ -263,10 +263,11 @@ def test_video_is_an_mp4_at_the_envs_speed_and_does_not_change_the_evaluation(ca
     assert reader.count_frames() == 25  # the first episode of env 0: 25 steps
 
 
-def test_a_long_mujoco_episode_renders_every_kth_step_at_real_speed():
+@pytest.mark.parametrize("options", [{}, {"backend": "gymnasium-robotics"}, {"observation": "global"}])
+def test_a_long_mujoco_episode_renders_every_kth_step_at_real_speed(options):
     import envs.mamujoco
 
-    with envs.make("ant-2x4", num_envs=1) as env:
+    with envs.make("ant-2x4", num_envs=1, **options) as env:
         assert experiment.env_fps(env) == pytest.approx(20.0)  # 1 / dt = 1 / (5 x 0.01 s)
         video = experiment.Video(env, "unused.mp4")  # nothing is rendered until capture()
     assert envs.mamujoco.EPISODE_LIMIT / video.skip <= experiment.VIDEO_MAX_FRAMES
