@@ -1,33 +1,54 @@
-"""Run algorithms x env ids x seeds, each as its own process, writing into runs/.
+"""Sweeps: algorithms x env ids x seeds, every run a Ray task, from one laptop to a cluster (docs/sweeps.md).
 
-    python benchmark/run.py --experiment param-sharing --seeds 1 2 3 --workers 2
+    python benchmark/run.py --experiment param-sharing --seeds 1 2 3           # local Ray, one run per core
     python benchmark/run.py --algos mappo ippo --env-ids mpe-spread --seeds 1 2 3 --extra="--total-timesteps 200000"
-    python benchmark/run.py --experiment mamujoco --dry-run      # only print the commands
+    python benchmark/run.py --experiment mamujoco --dry-run                      # only print the commands
+    python benchmark/run.py --experiment smax-mat-table --address auto --out-dir /shared/sweeps  # join a cluster
 
-`--experiment param-sharing` prints exactly the commands behind the README's parameter-sharing
-table and figures (with their budgets); the other experiments are the algorithm x env grids of the
-lecture's figures, with the budget set by `--extra` (the README and docs/benchmarks.md give, beside
-each figure, the exact commands that made it). `--extra` arguments are appended to every command.
+With no `--address` an embedded Ray instance starts on this machine (nothing to set up); `--address auto`
+(a cluster this machine belongs to, e.g. inside a Slurm allocation) or `--address ray://HOST:10001`
+(Ray Client, from outside the cluster) joins an existing one. Each run is one Ray task that asks for
+`--cpus-per-run` CPUs (and `--gpus-per-run` GPUs with `--cuda`), gives torch and XLA that many threads,
+and runs the algorithm file as a subprocess started in `--out-dir`, so its run folder lands in
+OUT_DIR/runs/ and its console output in OUT_DIR/runs/logs/. A run that fails or is killed is started
+again, up to `--retries` times, without touching the others; the sweep ends with a table (run, status,
+wall time, final greedy evaluation, run dir). A finished run leaves `sweep.json` in its run folder, so
+rerunning the same sweep skips it (`--force` runs it again); a failed attempt's folder is moved to
+OUT_DIR/runs/failed/, out of the way of `benchmark/plot.py`.
+
+`--experiment param-sharing` gives exactly the commands behind the README's parameter-sharing table
+and figures (with their budgets); `smax-mat-table`, `smax-hard`, `mamujoco-harl` and `mpe-spread-harl`
+are the reproduction runs at the papers' budgets (issue 50); the other experiments are the algorithm x
+env grids of the lecture's figures, with the budget set by `--extra`, whose arguments are appended to
+every command (the algorithm files keep the last value of a repeated flag, so `--extra` wins).
 Then `python benchmark/plot.py` draws the curves and tables from runs/.
 
-Each run gets cpu_count // workers threads for torch and XLA (OMP_NUM_THREADS and XLA_FLAGS,
-unless already set): two runs that each spin up one thread per core on a 2-core machine were
-measured about 25x slower than two single-threaded runs (README, Troubleshooting).
+One thread per run: two runs that each spin up one thread per core on a 2-core machine were measured
+about 25x slower than two single-threaded runs (README, Troubleshooting).
 """
 
 from __future__ import annotations
 
+import glob
+import io
+import json
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALGOS = ["ia2c", "ippo", "maa2c", "mappo", "maddpg", "coma", "happo", "hatrpo", "mat"]
+
+# ------------------------------------------------------------------------------------------ experiments
 
 # the budgets of the README's parameter-sharing figures (`--extra` comes after them, so it can override them)
 PARAM_SHARING_BUDGETS = {
@@ -38,12 +59,29 @@ PARAM_SHARING_BUDGETS = {
     "tsc-cologne8": ["--total-timesteps", "200000", "--eval-interval", "50000", "--eval-episodes", "2"],
 }
 
+
+def budget(steps: int, evals: int = 10) -> list[str]:
+    """`--total-timesteps steps` with an evaluation every tenth of it (a learning curve of `evals` points)."""
+    return ["--total-timesteps", str(steps), "--eval-interval", str(steps // evals)]
+
+
+# the MAT paper's SMAC table (docs/mat.md, "Results"): map -> its budget. 2s3z is only in the MAPPO paper's
+# table, whose copy in the lecture states no budget: 2e6, twice our earlier 1e6 runs, is our choice.
+MAT_TABLE_BUDGETS = {"smax-3m": 500_000, "smax-2s3z": 2_000_000, "smax-3s5z": 3_000_000}
+MAT_TABLE_ALGOS = [
+    ("mat", []),
+    ("mat", ["--dec", "--exp-name", "mat-dec"]),
+    ("mappo", []),
+    ("happo", []),
+    ("mat", ["--clip-coef", "0.05", "--exp-name", "mat-clip005"]),  # the MAT repository's SMAC scripts' clip
+]
+
 # experiment -> list of (algorithm file, env id, extra arguments)
 EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
     # the lecture's MAPPO vs MAPPO-Ind table: parameter sharing on and off
     "param-sharing": [
-        (algo, env_id, [*flags, *budget])
-        for env_id, budget in PARAM_SHARING_BUDGETS.items()
+        (algo, env_id, [*flags, *steps])
+        for env_id, steps in PARAM_SHARING_BUDGETS.items()
         for algo, flags in [("mappo", ["--share-params"]), ("mappo", ["--no-share-params", "--exp-name", "mappo-ind"])]
     ],
     # the lecture's Multi-Agent MuJoCo figure
@@ -59,15 +97,36 @@ EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
         for algo in ["mappo", "ippo", "happo", "mat"]
     ],
     # traffic: every discrete-capable algorithm
-    "traffic": [
-        (algo, env_id, [])
-        for env_id in ["tsc-2x2", "tsc-4x4"]
-        for algo in ["ia2c", "ippo", "maa2c", "mappo", "coma", "maddpg", "happo", "hatrpo", "mat"]
+    "traffic": [(algo, env_id, []) for env_id in ["tsc-2x2", "tsc-4x4"] for algo in ALGOS],
+    # issue 50, reproduction at the papers' budgets. The MAT paper's SMAC table, its four algorithms (and MAT
+    # with its repository's clip 0.05)
+    "smax-mat-table": [
+        (algo, env_id, [*flags, *budget(steps)])
+        for env_id, steps in MAT_TABLE_BUDGETS.items()
+        for algo, flags in MAT_TABLE_ALGOS
     ],
+    # the hard maps at 1e7 (the MAT table's budget), the recurrent files where the papers used recurrent policies
+    "smax-hard": [
+        *[(algo, "smax-5m_vs_6m", budget(10_000_000)) for algo in ["mappo_rnn", "happo_rnn", "ippo", "mat"]],
+        *[(algo, "smax-6h_vs_8z", budget(10_000_000)) for algo in ["mat", "mappo_rnn"]],
+    ],
+    # the HATRPO paper's Multi-Agent MuJoCo figures (1e7 steps, each file's defaults) and the MAT paper's
+    # HalfCheetah 6x1 figure; HARL's observation setting is an env option (docs/sweeps.md)
+    "mamujoco-harl": [
+        *[
+            (algo, env_id, budget(10_000_000))
+            for env_id in ["halfcheetah-6x1", "walker-2x3"]
+            for algo in ["happo", "hatrpo", "mappo"]
+        ],
+        ("mat", "halfcheetah-6x1", budget(10_000_000)),
+    ],
+    # HARL's MPE budget (tuned_configs/pettingzoo_mpe/simple_spread_v2-*: num_env_steps 1e7)
+    "mpe-spread-harl": [(algo, "mpe-spread", budget(10_000_000, evals=20)) for algo in ["mappo", "happo", "hatrpo"]],
 }
 
 
 def commands(args: Args) -> list[list[str]]:
+    """[python, "<algo>.py", *arguments] of every run: experiment (or algos x env ids) x seeds."""
     if args.experiment:
         if args.experiment not in EXPERIMENTS:
             raise SystemExit(f"unknown experiment {args.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
@@ -76,20 +135,50 @@ def commands(args: Args) -> list[list[str]]:
         if not args.algos or not args.env_ids:
             raise SystemExit("give --experiment NAME, or --algos and --env-ids")
         plan = [(a, e, []) for e in args.env_ids for a in args.algos]
+    if not args.seeds:
+        raise SystemExit("give at least one seed: --seeds 1 2 3")
+    common = []
+    if args.cpus_per_run > 1:
+        common += ["--torch-threads", str(args.cpus_per_run)]
+    if args.cuda:
+        common += ["--cuda"]
     return [
-        [sys.executable, f"{algo}.py", "--env-id", env_id, "--seed", str(seed), *flags, *shlex.split(args.extra)]
+        [
+            sys.executable,
+            f"{algo}.py",
+            "--env-id",
+            env_id,
+            "--seed",
+            str(seed),
+            *flags,
+            *common,
+            *shlex.split(args.extra),
+        ]
         for algo, env_id, flags in plan
         for seed in args.seeds
     ]
 
 
-def thread_env(workers: int) -> dict[str, str]:
-    """The environment of each run: its share of the cores for torch (OpenMP) and XLA (SMAX)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    if threads == 1:
-        env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+def check_algorithm_files(cmds: list[list[str]]) -> None:
+    missing = sorted({c[1] for c in cmds if not os.path.isfile(os.path.join(ROOT, c[1]))})
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not found in {ROOT}: this checkout does not have these algorithm files "
+                         f"yet (see `git log`); drop them with --algos, or pull the branch that adds them")  # fmt: skip
+
+
+def key(cmd: list[str]) -> str:
+    """A run's identity: its command without the interpreter (the same in every sweep that makes it)."""
+    return shlex.join(cmd[1:])
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment variables of a run given `threads` cores: OpenMP (torch) and XLA (SMAX) thread counts,
+    unless the user set them."""
+    env = {}
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if threads == 1 and "XLA_FLAGS" not in os.environ:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     return env
 
 
@@ -101,21 +190,214 @@ def machine() -> str:
     return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
 
 
-def run(cmd: list[str], log_dir: str, env: dict[str, str]) -> int:
+# ------------------------------------------------------------------------------------------ one run
+
+
+def find_run_dir(runs_dir: str, pid: int, since: float) -> str | None:
+    """The run folder the process `pid` wrote: TensorBoard names its events file
+    events.out.tfevents.<time>.<host>.<pid>.<n>, whatever the folder itself is called."""
+    pattern = os.path.join(
+        glob.escape(runs_dir), "*", f"events.out.tfevents.*.{glob.escape(socket.gethostname())}.{pid}.*"
+    )
+    found = [os.path.dirname(p) for p in glob.glob(pattern) if os.path.getmtime(p) >= since - 1]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def final_eval(run_dir: str | None) -> dict[str, float | None]:
+    """The run's last greedy evaluation, read from its TensorBoard events (the names every file logs)."""
+    if run_dir is None:
+        return {"eval_return": None, "eval_win_rate": None}
+    from benchmark.plot import read_scalars
+
+    last = {}
+    for name, tag in [("eval_return", "eval/episodic_return"), ("eval_win_rate", "eval/win_rate")]:
+        points = read_scalars(run_dir, tag)
+        last[name] = float(points[-1][1]) if points else None
+    return last
+
+
+def execute(cmd: list[str], out_dir: str, env: dict[str, str], code_root: str | None = None, attempt: int = 1,
+            collect: bool = False) -> dict:  # fmt: skip
+    """Runs one command (a Ray task, or a plain call) as a subprocess started in `out_dir`, its output in
+    out_dir/runs/logs/. Returns exit code, wall time, run folder, final evaluation, host; with `collect`,
+    the run starts in a temporary folder of this node and the result carries its run folder and log
+    as a .tar.gz (`archive`) for the driver to unpack."""
+    code_root = code_root or os.getcwd()  # on a cluster the code is shipped as the task's working directory
+    if code_root not in sys.path:
+        sys.path.insert(0, code_root)
+    work_dir = tempfile.mkdtemp(prefix="sweep-") if collect else out_dir
+    if not os.path.isdir(work_dir):
+        raise FileNotFoundError(
+            f"--out-dir {work_dir} does not exist on {socket.gethostname()}: give a directory every node sees "
+            "(shared storage), or --collect to bring each run folder back"
+        )
+    logs = os.path.join(work_dir, "runs", "logs")
+    os.makedirs(logs, exist_ok=True)
     name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])[:200]  # the whole command: unique
-    with open(os.path.join(log_dir, f"{name}.log"), "w") as log:
-        log.write(f"# {shlex.join(cmd[1:])}\n# {machine()}\n")
+    log_path = os.path.join(logs, f"{name}.log")
+    full = [sys.executable, os.path.join(code_root, cmd[1]), *cmd[2:]]  # this node's interpreter and copy
+    with open(log_path, "a" if attempt > 1 else "w") as log:
+        log.write(f"# {key(cmd)}\n# {machine()}\n" + (f"# attempt {attempt}\n" if attempt > 1 else ""))
         log.flush()  # before the run's own output
         start = time.time()
-        code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    print(f"[{'ok' if code == 0 else f'exit {code}'}] {time.time() - start:6.0f}s  {shlex.join(cmd[1:])}", flush=True)
-    return code
+        proc = subprocess.Popen(full, cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        code = proc.wait()
+    seconds = time.time() - start
+    run_dir = find_run_dir(os.path.join(work_dir, "runs"), proc.pid, start)
+    result = {"command": key(cmd), "code": code, "seconds": seconds, "attempt": attempt, "host": socket.gethostname(),
+              "log": os.path.relpath(log_path, work_dir), **final_eval(run_dir if code == 0 else None)}  # fmt: skip
+    if run_dir is not None and code != 0:  # out of benchmark/plot.py's way: it reads every folder of runs/
+        failed = os.path.join(work_dir, "runs", "failed")
+        os.makedirs(failed, exist_ok=True)
+        run_dir = shutil.move(run_dir, os.path.join(failed, os.path.basename(run_dir)))
+    result["run_dir"] = None if run_dir is None else os.path.relpath(run_dir, work_dir)
+    if run_dir is not None:
+        with open(os.path.join(run_dir, "sweep.json"), "w") as f:
+            json.dump({**result, "status": "ok" if code == 0 else "failed"}, f, indent=1)
+    if collect:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in [result["log"], result["run_dir"]]:
+                if path is not None:
+                    tar.add(os.path.join(work_dir, path), arcname=path)
+        result["archive"] = buffer.getvalue()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return result
+
+
+def finished_runs(out_dir: str) -> dict[str, dict]:
+    """{command: its sweep.json} of every run folder in out_dir/runs/ that a sweep saw finish."""
+    done = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(out_dir), "runs", "*", "sweep.json"))):
+        with open(path) as f:
+            record = json.load(f)
+        if record.get("status") == "ok":
+            done[record["command"]] = {**record, "run_dir": os.path.relpath(os.path.dirname(path), out_dir)}
+    return done
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """A cluster address that nothing answers on fails here, in seconds (ray.init itself may wait for minutes)."""
+    if address == "auto":
+        return  # ray.init finds the cluster this machine belongs to, and says so at once if there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--address {address!r}: give auto, HOST:PORT (the head's GCS, default port 6379) "
+                         f"or ray://HOST:PORT (Ray Client, default port 10001)")  # fmt: skip
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SystemExit(f"no Ray cluster answers at {address} ({e.strerror or e}, waited at most {timeout:g} s): "
+                         f"start one there with `ray start --head`, check host and port, or leave out --address "
+                         f"to run on this machine") from None  # fmt: skip
+
+
+def start_ray(args: Args):
+    import ray
+
+    if args.address:
+        check_reachable(args.address, args.connect_timeout)
+        # ship this checkout to the workers (the .gitignore'd runs/ stays here); tasks start in their copy
+        runtime_env = {"working_dir": ROOT, "excludes": ["runs/", ".git/", "benchmark/figures/"]}
+        ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
+    elif not ray.is_initialized():
+        cpus = args.workers * args.cpus_per_run if args.workers else None  # None: every core of this machine
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    return ray
+
+
+def clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+
+
+def progress(done: int, running: int, failed: int, total: int, elapsed: float) -> str:
+    eta = f"ETA {clock(elapsed / done * (total - done))}" if 0 < done < total else ("finished" if done else "ETA -")
+    return f"[{done}/{total} done, {running} running, {failed} failed] {clock(elapsed)} elapsed, {eta}"
+
+
+def table(rows: list[dict]) -> str:
+    def number(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = ["| run | status | wall time | eval return | eval win rate | run dir |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = "-" if r.get("seconds") is None else clock(r["seconds"])
+        evals = f"{number(r.get('eval_return'))} | {number(r.get('eval_win_rate'))}"
+        lines.append(f"| {r['command']} | {r['status']} | {wall} | {evals} | {r.get('run_dir') or '-'} |")
+    return "\n".join(lines)
+
+
+def sweep(args: Args) -> list[dict]:
+    """Runs every command of the sweep through Ray; returns one row per run for the final table."""
+    cmds = commands(args)
+    check_algorithm_files(cmds)
+    out_dir = os.path.abspath(args.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    done_before = {} if args.force else finished_runs(out_dir)
+    rows = {
+        key(c): {**done_before[key(c)], "status": "skipped (finished before)"} for c in cmds if key(c) in done_before
+    }
+    todo = [c for c in cmds if key(c) not in rows]
+    print(f"{len(cmds)} runs, {len(rows)} finished before (skipped; --force runs them again), {len(todo)} to run "
+          f"in {out_dir}/runs", flush=True)  # fmt: skip
+    if todo:
+        ray = start_ray(args)
+        task = ray.remote(execute).options(
+            num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if args.cuda else 0, max_retries=0
+        )
+        code_root = None if args.address else ROOT
+        env = thread_env(args.cpus_per_run)
+
+        def submit(cmd, attempt):
+            return task.remote(cmd, out_dir, env, code_root, attempt, args.collect)
+
+        pending = {submit(c, 1): (c, 1) for c in todo}
+        failed, start, last_print = 0, time.time(), 0.0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+            for ref in ready:
+                cmd, attempt = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # the task itself died: its worker, its node, or a bad --out-dir
+                    e = getattr(e, "cause", None) or e  # a RayTaskError wraps the task's own exception
+                    result = {
+                        "command": key(cmd),
+                        "code": f"{type(e).__name__}: {e}",
+                        "attempt": attempt,
+                        "seconds": None,
+                    }
+                if "archive" in result:
+                    with tarfile.open(fileobj=io.BytesIO(result.pop("archive")), mode="r:gz") as tar:
+                        tar.extractall(out_dir, filter="data")
+                ok = result["code"] == 0
+                if not ok and attempt <= args.retries:
+                    print(f"[exit {result['code']}] attempt {attempt}: {key(cmd)}; starting it again", flush=True)
+                    pending[submit(cmd, attempt + 1)] = (cmd, attempt + 1)
+                    continue
+                failed += not ok
+                status = "ok" if ok else f"failed (exit {result['code']})"
+                rows[key(cmd)] = {**result, "status": status + (f", attempt {attempt}" if attempt > 1 else "")}
+                print(f"[{status}] {clock(result['seconds'] or 0)}  {key(cmd)}", flush=True)
+            if ready or time.time() - last_print > 60:
+                capacity = ray.cluster_resources().get("CPU", 1) // args.cpus_per_run
+                n_done = len(rows) - len(done_before)
+                print(
+                    progress(n_done, int(min(len(pending), capacity)), failed, len(todo), time.time() - start),
+                    flush=True,
+                )
+                last_print = time.time()
+    return [rows[key(c)] for c in cmds]
 
 
 @dataclass
 class Args:
     experiment: str = ""
-    """a named experiment (param-sharing, mamujoco, smax, traffic)"""
+    """a named experiment: param-sharing, mamujoco, smax, traffic, smax-mat-table, smax-hard, mamujoco-harl,
+    mpe-spread-harl (`--dry-run` lists its commands)"""
     algos: list[str] = field(default_factory=list)
     """algorithm files without .py (instead of --experiment)"""
     env_ids: list[str] = field(default_factory=list)
@@ -124,21 +406,42 @@ class Args:
     """seeds, one run each"""
     extra: str = ""
     """arguments appended to every command, as one string: --extra="--total-timesteps 200000 --dec" """
-    workers: int = 1
-    """runs at the same time"""
+    address: str = ""
+    """the Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT; empty: start Ray on this machine"""
+    connect_timeout: float = 10.0
+    """seconds to wait for --address to answer before giving up"""
+    workers: int = 0
+    """local Ray only: runs at the same time (0: one per --cpus-per-run cores of this machine)"""
+    cpus_per_run: int = 1
+    """CPUs each run asks Ray for; also its torch (--torch-threads), OpenMP and XLA thread count"""
+    cuda: bool = False
+    """train on the GPU: each run gets --cuda and asks Ray for --gpus-per-run GPUs"""
+    gpus_per_run: float = 1.0
+    """GPUs each run asks for with --cuda (a fraction packs several runs on one GPU)"""
+    retries: int = 2
+    """times a failed or killed run is started again"""
+    out_dir: str = ROOT
+    """where the runs start: their folders go to OUT_DIR/runs/, their console output to OUT_DIR/runs/logs/
+    (on a cluster: a directory every node sees)"""
+    collect: bool = False
+    """for a cluster without shared storage: runs start in a temporary folder of their node, and each run
+    folder and log come back to this machine's OUT_DIR/runs/ when the run ends"""
+    force: bool = False
+    """run again the runs that a sweep saw finish (their folders hold sweep.json); default: skip them"""
     dry_run: bool = False
-    """only print the commands"""
+    """only print the commands (Ray is not started)"""
+
+
+def main(args: Args) -> int:
+    if args.cpus_per_run < 1 or args.workers < 0 or args.retries < 0 or args.gpus_per_run <= 0:
+        raise SystemExit("--cpus-per-run must be >= 1, --workers and --retries >= 0, --gpus-per-run > 0")
+    if args.dry_run:
+        print("\n".join(key(c) for c in commands(args)))
+        return 0
+    rows = sweep(args)
+    print(table(rows))
+    return 0 if all(r["status"].startswith(("ok", "skipped")) for r in rows) else 1
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    cmds = commands(args)
-    if args.dry_run:
-        print("\n".join(shlex.join(c[1:]) for c in cmds))
-        raise SystemExit(0)
-    log_dir = os.path.join(ROOT, "runs", "logs")
-    os.makedirs(log_dir, exist_ok=True)
-    env = thread_env(args.workers)
-    with ThreadPoolExecutor(args.workers) as pool:
-        codes = list(pool.map(lambda c: run(c, log_dir, env), cmds))
-    raise SystemExit(max(codes, default=0))
+    raise SystemExit(main(tyro.cli(Args)))

@@ -1,10 +1,17 @@
-"""benchmark/run.py: the commands of an experiment and each run's share of the cores."""
+"""benchmark/: the sweep runner on Ray (run.py), evaluation, plots and the random-policy baseline."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import socket
 import sys
+import threading
+import time
+
+import pytest
 
 from benchmark import run
 
@@ -20,23 +27,113 @@ def test_experiment_commands_are_one_per_algorithm_env_and_seed():
     assert any("mappo-ind" in c for c in cmds)
 
 
-def test_each_parallel_run_gets_its_share_of_the_cores(monkeypatch):
+def test_each_run_gets_its_share_of_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert run.thread_env(workers=2)["OMP_NUM_THREADS"] == "4"
-    assert "XLA_FLAGS" not in run.thread_env(workers=2)
-    one = run.thread_env(workers=8)
+    assert run.thread_env(threads=4) == {"OMP_NUM_THREADS": "4"}
+    one = run.thread_env(threads=1)
     assert one["OMP_NUM_THREADS"] == "1" and "intra_op_parallelism_threads=1" in one["XLA_FLAGS"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
-    assert run.thread_env(workers=8)["OMP_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in run.thread_env(threads=1)
+    # torch's own thread count follows --cpus-per-run, before --extra (which may override it)
+    cmd = run.commands(run.Args(algos=["mappo"], env_ids=["mpe-spread"], seeds=[1], cpus_per_run=2, extra="--seed 5"))
+    assert cmd[0][2:] == ["--env-id", "mpe-spread", "--seed", "1", "--torch-threads", "2", "--seed", "5"]
+
+
+def test_dry_run_prints_the_commands_without_starting_ray(monkeypatch, capsys):
+    monkeypatch.setattr(run, "start_ray", lambda args: pytest.fail("--dry-run started Ray"))
+    assert run.main(run.Args(experiment="smax-mat-table", seeds=[1, 2], dry_run=True)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * 5 * 2  # 3 maps x (MAT, MAT-Dec, MAPPO, HAPPO, MAT clip 0.05) x 2 seeds
+    assert lines[0] == "mat.py --env-id smax-3m --seed 1 --total-timesteps 500000 --eval-interval 50000"
+    assert "happo.py --env-id smax-3s5z --seed 2 --total-timesteps 3000000 --eval-interval 300000" in lines
+
+
+def test_an_unreachable_cluster_address_fails_within_seconds(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in [f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "10.255.255.1:6379"]:  # the last: unroutable
+        start = time.time()
+        args = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[1], address=address,
+                        connect_timeout=2, out_dir=str(tmp_path))  # fmt: skip
+        with pytest.raises(SystemExit, match=f"no Ray cluster answers at {re.escape(address)}"):
+            run.main(args)
+        assert time.time() - start < 5
+    with pytest.raises(SystemExit, match="give auto, HOST:PORT"):
+        run.check_reachable("head-node", 1)
+
+
+TINY = "--total-timesteps 64 --num-envs 2 --num-steps 16 --update-epochs 1 --eval-episodes 1"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def test_a_sweep_of_two_runs_reports_both_and_resumes(local_ray, tmp_path, capsys):
+    args = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[1, 2], extra=TINY, out_dir=str(tmp_path))
+    assert run.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| mappo.py")]
+    assert len(rows) == 2 and "[2/2 done, 0 running, 0 failed]" in out
+    for seed, row in zip([1, 2], rows):
+        command, status, wall, ret, win, run_dir = [cell.strip() for cell in row.strip("|").split("|")]
+        assert command == f"mappo.py --env-id matrix-climbing --seed {seed} {TINY}" and status == "ok"
+        assert float(ret) in {11.0, -30.0, 0.0, 7.0, 6.0, 5.0} and win == "-"  # a payoff of the climbing game
+        files = sorted(os.listdir(tmp_path / run_dir))
+        assert files[0].startswith("events.out.tfevents.") and files[1:] == ["mappo.pt", "sweep.json"]
+    # the same sweep again: both finished, nothing runs
+    assert run.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 2 finished before" in out and out.count("skipped (finished before)") == 2
+
+
+def kill_first(marker: str, killed: list, timeout: float = 60) -> None:
+    """SIGKILLs the first process whose command line holds `marker` (the run's algorithm-file process)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in argv and any(a.endswith(b"mappo.py") for a in argv):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.05)
+
+
+def test_a_killed_run_is_started_again_and_its_folder_comes_back(local_ray, tmp_path):
+    killed = []
+    killer = threading.Thread(target=kill_first, args=("killed-once", killed))
+    killer.start()
+    args = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[3], extra=f"{TINY} --exp-name killed-once",
+                    retries=1, collect=True, out_dir=str(tmp_path))  # fmt: skip
+    (row,) = run.sweep(args)
+    killer.join()
+    assert len(killed) == 1
+    assert row["status"] == "ok, attempt 2" and row["code"] == 0
+    # --collect: the run started in a temporary folder of its node; its folder and log came back here
+    assert os.path.isfile(tmp_path / row["run_dir"] / "killed-once.pt")
+    with open(tmp_path / row["run_dir"] / "sweep.json") as f:
+        assert json.load(f)["status"] == "ok"
+    assert "# attempt 2" in (tmp_path / row["log"]).read_text()
 
 
 def test_each_run_log_starts_with_the_command_and_the_machine(tmp_path):
-    assert run.run([sys.executable, "-c", "print(42)"], str(tmp_path), dict(os.environ)) == 0
-    (log,) = tmp_path.iterdir()
-    header_command, header_machine, output = log.read_text().splitlines()
-    assert header_command == "# -c 'print(42)'"
+    (tmp_path / "hello.py").write_text("print(42)")
+    result = run.execute([sys.executable, "hello.py", "--x"], str(tmp_path), {}, code_root=str(tmp_path))
+    assert result["code"] == 0 and result["run_dir"] is None and result["eval_return"] is None
+    header_command, header_machine, output = (tmp_path / result["log"]).read_text().splitlines()
+    assert header_command == "# hello.py --x"
     assert re.fullmatch(r"# torch \S+, CPU kernels \w+, \d+ cores", header_machine)
     assert output == "42"
 
@@ -47,8 +144,17 @@ def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     for seed in (1, 2):
-        args = mappo.Args(env_id="matrix-climbing", seed=seed, total_timesteps=64, num_envs=2, num_steps=16,
-                          update_epochs=1, eval_interval=0, eval_episodes=1, exp_name="tiny")
+        args = mappo.Args(
+            env_id="matrix-climbing",
+            seed=seed,
+            total_timesteps=64,
+            num_envs=2,
+            num_steps=16,
+            update_epochs=1,
+            eval_interval=0,
+            eval_episodes=1,
+            exp_name="tiny",
+        )
         mappo.train(args)
     models = evaluate.saved_models("runs", ["matrix-climbing"], [])
     assert [(m[1], m[2], m[3]) for m in models] == [("tiny", 1, "mappo"), ("tiny", 2, "mappo")]
