@@ -37,9 +37,13 @@ EPyMARL); `--no-share-critic` gives one critic per agent (the paper's Q_i). With
 reward all Q_i estimate the same return. Per-agent networks are stored as stacked weights and
 run in one batched matmul (`Linears`), so N networks cost one forward pass.
 
-Death masking (SMAX): the critic and actor losses of agent i are averaged over the samples in
-which agent i is alive (batch["alive"]); dead agents can only take the no-op, which the mask
-already enforces in the actions.
+Death masking (SMAX): the actor loss of agent i is averaged over the samples in which agent i
+is alive (batch["alive"]); dead agents can only take the no-op, which the mask already enforces
+in the actions. The critic is trained on every agent's samples, dead ones too: the TD target of
+an agent's last living step bootstraps from its Q' after death, the team's return to come, so
+that value must be learned (as in ippo.py, mappo.py, coma.py). Left out of the loss it stays
+whatever the network extrapolates: 6.20 where the return to come averages 2.96 (learned: 2.95)
+in tests/test_maddpg.py::test_critic_learns_the_value_of_a_dead_agent.
 
 Deliberate differences from the paper (and from EPyMARL's maddpg):
 - cooperative setting only: one team reward, so the critics may be shared (EPyMARL does the same);
@@ -512,7 +516,8 @@ def train(args: Args) -> dict:
         x = critic_x(b["state"], b["obs"], args.critic_input)
         u = b["u"].reshape(B, 1, -1).expand(-1, N, -1)
         qs = [c(x, u) for c in critics]
-        qf_loss = sum((((q - y) ** 2) * alive).sum() / n_alive for q in qs)
+        # over every agent, dead ones too: y of an agent's last living step bootstraps from its Q' after death
+        qf_loss = sum(((q - y) ** 2).mean() for q in qs)
         critic_opt.zero_grad()
         qf_loss.backward()
         nn.utils.clip_grad_norm_(critic_params, args.max_grad_norm)
