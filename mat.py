@@ -38,9 +38,10 @@ multi-agent advantage decomposition: agent i_m acts knowing the actions of i_1..
   dimensions of heterogeneous agents are excluded from log-probabilities and entropies.
 - Agent order: fixed (agent 0, 1, ..., n-1) by default; `--shuffle-agent-order` draws a new
   random order for every rollout (used both to act and to train on that rollout).
-- Death masking (SMAX): batch["alive"] masks dead agents out of the value loss, the policy
-  loss, the entropy and the mean value V̂_t; dead agents stay in the sequence (their
-  observation is what the env gives, their only available action is the env's no-op).
+- Death masking (SMAX): batch["alive"] masks dead agents out of the policy loss, the entropy
+  and the mean value V̂_t; dead agents stay in the sequence (their observation is what the env
+  gives, their only available action is the env's no-op). The value loss runs over every
+  agent, dead ones too (see the differences below).
 - Evaluation: greedy (argmax over available actions / the Gaussian mean), in the fixed order.
 
 Deliberate differences from the paper and its official code (PKU-MARL/Multi-Agent-Transformer):
@@ -62,12 +63,18 @@ Deliberate differences from the paper and its official code (PKU-MARL/Multi-Agen
   observation, e.g. SMAC's, to identify agents). The global state is not used (as in the
   official code with encode_state=False).
 - Discrete logits of unavailable actions are set to -1e10 (as official), greedy evaluation
-  picks the argmax; the policy-loss, value-loss and entropy means run over alive agents.
+  picks the argmax; the policy-loss and entropy means run over alive agents.
 - Defaults: one setting for every env (8 envs x 100 steps, 10 epochs, 1 minibatch, lr 5e-4,
   clip 0.2, the official config.py's clip). The official training scripts use clip 0.05 on
   every benchmark and set the rest per benchmark: SMAC 32 envs x 100 steps, 15 epochs, lr 5e-4;
   MA-MuJoCo 40 x 100, 10 epochs, 40 minibatches, lr 5e-5, entropy 0.001; MPE 128 x 25,
   10 epochs, lr 7e-4; football 20 x 200, 10 epochs, lr 5e-4 (mat/scripts/train_*.sh).
+- The value loss and the value normaliser take every agent's samples, dead ones too (the
+  official code masks dead agents out of the value loss, `use_value_active_masks`): an agent's
+  per-agent target at its last living step bootstraps from its value after death, the team's
+  return to come, so that value must be learned (as in ippo.py, mappo.py). Left out, it stays
+  whatever the encoder extrapolates: 7.44 where the return to come averages 2.96 (learned: 2.96)
+  in tests/test_mat.py::test_value_of_a_dead_agent_is_learned.
 """
 
 import dataclasses
@@ -670,7 +677,7 @@ def train(args: Args) -> dict:
             # per-agent value targets: λ-returns of V(ô^{i_m}) (eq. 4 with GAE)
             returns = gae(rewards_buf, values, next_values, term_buf, dones, args.gamma, args.gae_lambda) + values
             if args.value_norm:
-                value_norm.update(returns[alive_buf])
+                value_norm.update(returns)  # every agent's targets, dead ones too (death masking below)
 
         # ---- update encoder and decoder together (Algorithm 1, lines 16-22)
         b_obs = obs_buf.reshape(T * E, N, -1)
@@ -704,7 +711,9 @@ def train(args: Args) -> dict:
                 if args.clip_vloss:
                     v_clipped = b_values[mb] + (new_values - b_values[mb]).clamp(-args.clip_coef, args.clip_coef)
                     v_loss = torch.max(v_loss, huber(b_targets[mb] - v_clipped, args.huber_delta))
-                v_loss = masked_mean(v_loss, alive)
+                # over every agent, dead ones too: an agent's target at its last living step bootstraps
+                # from its value after death, the team's return to come, which must be learned
+                v_loss = v_loss.mean()
                 entropy_loss = masked_mean(entropy, alive)
                 loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
                 optimizer.zero_grad()
