@@ -280,19 +280,39 @@ def finished_runs(out_dir: str) -> dict[str, dict]:
 
 
 def check_reachable(address: str, timeout: float) -> None:
-    """A cluster address that nothing answers on fails here, in seconds (ray.init itself may wait for minutes)."""
+    """A cluster address where no Ray answers fails here: at once where nothing listens, else within `timeout`
+    seconds (ray.init itself may wait for minutes)."""
     if address == "auto":
         return  # ray.init finds the cluster this machine belongs to, and says so at once if there is none
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"--address {address!r}: give auto, HOST:PORT (the head's GCS, default port 6379) "
                          f"or ray://HOST:PORT (Ray Client, default port 10001)")  # fmt: skip
+    fix = "start one there with `ray start --head`, check host and port, or leave out --address to run here"
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise SystemExit(f"no Ray cluster answers at {address} ({e.strerror or e}, waited at most {timeout:g} s): "
-                         f"start one there with `ray start --head`, check host and port, or leave out --address "
-                         f"to run on this machine") from None  # fmt: skip
+        raise SystemExit(
+            f"no Ray cluster answers at {address} ({e.strerror or e}, waited at most {timeout:g} s): {fix}"
+        ) from None
+    # something listens; whether it is Ray, a child process finds out (ray.init's own retries may take minutes)
+    probe = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); ray.shutdown()"
+    try:
+        subprocess.run(
+            [sys.executable, "-c", probe, address], timeout=timeout, capture_output=True, text=True, check=True
+        )
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"no Ray cluster answers at {address}: something listens there, but Ray did not connect "
+                         f"within {timeout:g} s (--connect-timeout): {fix}") from None  # fmt: skip
+    except subprocess.CalledProcessError as e:
+        if "InvalidAuthToken" in e.stderr:
+            raise SystemExit(
+                f"the Ray cluster at {address} asks for its token (`ray start` turns token authentication on by "
+                "default in this Ray version): run with RAY_AUTH_MODE=token and the head's token in RAY_AUTH_TOKEN "
+                "or ~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+            ) from None
+        raise SystemExit(f"no Ray cluster answers at {address} ({(e.stderr.strip().splitlines() or ['?'])[-1]}): "
+                         f"{fix}") from None  # fmt: skip
 
 
 def start_ray(args: Args):
@@ -305,7 +325,8 @@ def start_ray(args: Args):
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
     elif not ray.is_initialized():
         cpus = args.workers * args.cpus_per_run if args.workers else None  # None: every core of this machine
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        # address="local": a new instance, never one a file in /tmp/ray names (maybe stale: a hang)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     return ray
 
 
@@ -408,8 +429,8 @@ class Args:
     """arguments appended to every command, as one string: --extra="--total-timesteps 200000 --dec" """
     address: str = ""
     """the Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT; empty: start Ray on this machine"""
-    connect_timeout: float = 10.0
-    """seconds to wait for --address to answer before giving up"""
+    connect_timeout: float = 30.0
+    """seconds to wait for --address to answer as a Ray cluster before giving up"""
     workers: int = 0
     """local Ray only: runs at the same time (0: one per --cpus-per-run cores of this machine)"""
     cpus_per_run: int = 1
@@ -438,7 +459,11 @@ def main(args: Args) -> int:
     if args.dry_run:
         print("\n".join(key(c) for c in commands(args)))
         return 0
-    rows = sweep(args)
+    try:
+        rows = sweep(args)
+    except KeyboardInterrupt:  # Ray stops with this process, and the runs with it
+        print("\ninterrupted: finished runs keep their sweep.json; the same command runs the rest", flush=True)
+        return 130
     print(table(rows))
     return 0 if all(r["status"].startswith(("ok", "skipped")) for r in rows) else 1
 

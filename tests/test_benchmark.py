@@ -50,16 +50,25 @@ def test_dry_run_prints_the_commands_without_starting_ray(monkeypatch, capsys):
 
 
 def test_an_unreachable_cluster_address_fails_within_seconds(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for address in [f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "10.255.255.1:6379"]:  # the last: unroutable
-        start = time.time()
-        args = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[1], address=address,
-                        connect_timeout=2, out_dir=str(tmp_path))  # fmt: skip
-        with pytest.raises(SystemExit, match=f"no Ray cluster answers at {re.escape(address)}"):
-            run.main(args)
-        assert time.time() - start < 5
+    closed = socket.socket()  # a port nothing listens on
+    closed.bind(("127.0.0.1", 0))
+    not_ray = socket.socket()  # a port something that is not Ray listens on
+    not_ray.bind(("127.0.0.1", 0))
+    not_ray.listen()
+    with closed, not_ray:
+        port, other = closed.getsockname()[1], not_ray.getsockname()[1]
+        for address in [
+            f"127.0.0.1:{port}",
+            f"ray://127.0.0.1:{port}",
+            "no-such-host.invalid:6379",
+            f"127.0.0.1:{other}",
+        ]:
+            start = time.time()
+            args = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[1], address=address,
+                            connect_timeout=5, out_dir=str(tmp_path))  # fmt: skip
+            with pytest.raises(SystemExit, match=f"no Ray cluster answers at {re.escape(address)}"):
+                run.main(args)
+            assert time.time() - start < 10, address
     with pytest.raises(SystemExit, match="give auto, HOST:PORT"):
         run.check_reachable("head-node", 1)
 
@@ -71,7 +80,7 @@ TINY = "--total-timesteps 64 --num-envs 2 --num-steps 16 --update-epochs 1 --eva
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
