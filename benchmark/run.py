@@ -110,15 +110,15 @@ EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
         *[(algo, "smax-5m_vs_6m", budget(10_000_000)) for algo in ["mappo_rnn", "happo_rnn", "ippo", "mat"]],
         *[(algo, "smax-6h_vs_8z", budget(10_000_000)) for algo in ["mat", "mappo_rnn"]],
     ],
-    # the HATRPO paper's Multi-Agent MuJoCo figures (1e7 steps, each file's defaults) and the MAT paper's
-    # HalfCheetah 6x1 figure; HARL's observation setting is an env option (docs/sweeps.md)
+    # the HATRPO paper's Multi-Agent MuJoCo figures (1e7 steps) and the MAT paper's HalfCheetah 6x1 figure,
+    # in HARL's observation setting (the state plus the agent's one-hot id: docs/mamujoco.md), each file's defaults
     "mamujoco-harl": [
-        *[
-            (algo, env_id, budget(10_000_000))
-            for env_id in ["halfcheetah-6x1", "walker-2x3"]
-            for algo in ["happo", "hatrpo", "mappo"]
-        ],
-        ("mat", "halfcheetah-6x1", budget(10_000_000)),
+        (algo, env_id, ["--env-options", "observation=global", "--exp-name", f"{algo}-global", *budget(10_000_000)])
+        for env_id, algos in [
+            ("halfcheetah-6x1", ["happo", "hatrpo", "mappo", "mat"]),
+            ("walker-2x3", ["happo", "hatrpo", "mappo"]),
+        ]
+        for algo in algos
     ],
     # HARL's MPE budget (tuned_configs/pettingzoo_mpe/simple_spread_v2-*: num_env_steps 1e7)
     "mpe-spread-harl": [(algo, "mpe-spread", budget(10_000_000, evals=20)) for algo in ["mappo", "happo", "hatrpo"]],
