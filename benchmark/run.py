@@ -16,7 +16,7 @@ wall time, final greedy evaluation, run dir). A finished run leaves `sweep.json`
 rerunning the same sweep skips it (`--force` runs it again); a failed attempt's folder is moved to
 OUT_DIR/runs/failed/, out of the way of `benchmark/plot.py`.
 
-`--experiment param-sharing` gives exactly the commands behind the README's parameter-sharing table
+`--experiment param-sharing` gives exactly the commands behind docs/param-sharing.md's table
 and figures (with their budgets); `smax-mat-table`, `smax-hard`, `mamujoco-harl` and `mpe-spread-harl`
 are the reproduction runs at the papers' budgets (issue 50); the other experiments are the algorithm x
 env grids of the lecture's figures, with the budget set by `--extra`, whose arguments are appended to
@@ -24,7 +24,7 @@ every command (the algorithm files keep the last value of a repeated flag, so `-
 Then `python benchmark/plot.py` draws the curves and tables from runs/.
 
 One thread per run: two runs that each spin up one thread per core on a 2-core machine were measured
-about 25x slower than two single-threaded runs (README, Troubleshooting).
+about 25x slower than two single-threaded runs (docs/troubleshooting.md, "Slow on many cores").
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ ALGOS = ["ia2c", "ippo", "maa2c", "mappo", "maddpg", "coma", "happo", "hatrpo", 
 
 # ------------------------------------------------------------------------------------------ experiments
 
-# the budgets of the README's parameter-sharing figures (`--extra` comes after them, so it can override them)
+# the budgets of the parameter-sharing figures (docs/param-sharing.md); `--extra` comes after them, so it wins
 PARAM_SHARING_BUDGETS = {
     "smax-3m": ["--total-timesteps", "500000"],
     "smax-2s3z": ["--total-timesteps", "1000000"],
@@ -184,7 +184,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def machine() -> str:
     """Besides the seed, what decides a run's last digits: torch's version and the CPU kernels it picked
-    (README, Troubleshooting, "Your numbers differ from ours")."""
+    (docs/troubleshooting.md, "Your numbers differ from ours")."""
     import torch
 
     return f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
