@@ -30,6 +30,7 @@ about 25x slower than two single-threaded runs (docs/troubleshooting.md, "Slow o
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import os
@@ -233,7 +234,9 @@ def execute(cmd: list[str], out_dir: str, env: dict[str, str], code_root: str | 
         )
     logs = os.path.join(work_dir, "runs", "logs")
     os.makedirs(logs, exist_ok=True)
-    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])[:200]  # the whole command: unique
+    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])  # the whole command: unique
+    if len(name) > 200:  # too long for a file name: cut, and told apart by a hash of the whole
+        name = f"{name[:190]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     log_path = os.path.join(logs, f"{name}.log")
     full = [sys.executable, os.path.join(code_root, cmd[1]), *cmd[2:]]  # this node's interpreter and copy
     with open(log_path, "a" if attempt > 1 else "w") as log:
@@ -366,8 +369,10 @@ def sweep(args: Args) -> list[dict]:
           f"in {out_dir}/runs", flush=True)  # fmt: skip
     if todo:
         ray = start_ray(args)
-        task = ray.remote(execute).options(
-            num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if args.cuda else 0, max_retries=0
+        # max_calls=1: a fresh worker process per run (torch and tensorboard, imported for the log header and
+        # the final evaluation, do not stay in memory); max_retries=0: the retries are counted here
+        task = ray.remote(max_calls=1, max_retries=0)(execute).options(
+            num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if args.cuda else 0
         )
         code_root = None if args.address else ROOT
         env = thread_env(args.cpus_per_run)

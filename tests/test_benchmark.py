@@ -145,6 +145,10 @@ def test_each_run_log_starts_with_the_command_and_the_machine(tmp_path):
     assert header_command == "# hello.py --x"
     assert re.fullmatch(r"# torch \S+, CPU kernels \w+, \d+ cores", header_machine)
     assert output == "42"
+    # commands too long for a file name: cut, and told apart by a hash of the whole command
+    long = [[sys.executable, "hello.py", "--x" * 100, end] for end in ["a", "b"]]
+    logs = [run.execute(cmd, str(tmp_path), {}, code_root=str(tmp_path))["log"] for cmd in long]
+    assert logs[0] != logs[1] and all(len(os.path.basename(log)) <= 204 for log in logs)
 
 
 def test_evaluate_reloads_every_saved_model_and_tables_them(tmp_path, monkeypatch, capsys):
