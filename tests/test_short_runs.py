@@ -14,7 +14,7 @@ import torch
 
 import envs.mamujoco
 import envs.tsc
-from tests.conftest import ALGOS  # the nine algorithm files
+from tests.conftest import ALGOS  # the algorithm files
 
 DISCRETE_ONLY = {"coma"}
 
@@ -29,6 +29,8 @@ TINY = {
     "mat": dict(num_steps=16, update_epochs=1, num_minibatches=1),
     "coma": dict(num_steps=16),
     "maddpg": dict(learning_starts=32, batch_size=16),
+    "mappo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
+    "ippo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
 }
 TOTAL = {"default": 128, "tsc-2x2": 64}  # env steps of a short run
 

@@ -1,0 +1,745 @@
+# rIPPO: de Witt et al., "Is Independent Learning All You Need in the StarCraft Multi-Agent Challenge?", arXiv 2020
+"""rIPPO: the recurrent variant of ippo.py: GRU actor and GRU critic, each on the agent's own observations.
+
+What recurrence changes (`diff ippo.py ippo_rnn.py` shows exactly this): the actor and the critic
+are [LayerNorm] -> Linear -> ReLU -> GRU -> LayerNorm -> Linear -> ReLU -> head (the MAPPO paper's
+code, which runs IPPO: MLP base, RNNLayer, head), each with its own hidden state per agent,
+carried across the steps of an episode and reset to 0 at its first step; the rollout stores the
+hidden states carried into each step; PPO trains on chunks of `--chunk-length` consecutive steps
+(the paper's data_chunk_length 10) that start from the stored hidden state at the chunk's first
+step and reset it inside the chunk exactly where an episode starts; minibatches are made of whole
+chunks. With memory, V(o_i^{1..t}) sees the agent's observation history, not one observation.
+Everything else is ippo.py:
+
+In the lecture's terms: independent learning; actor loss = PPO-Clip on each agent's policy
+pi(a_i | o_i); critic type = V-function on the agent's own observation, V(o_i) (no global
+information anywhere); with parameter sharing (default, as in the reference implementations)
+one actor and one critic serve all agents, with the one-hot agent id appended to both inputs,
+else each agent has its own pair on its true observation/action sizes. Every agent learns from
+the shared team reward and treats the other agents as part of the environment.
+
+    A_t^i = GAE(lambda) over delta_t^i = r_t + gamma * V(o^i_{t+1}) - V(o^i_t)
+    L_actor = -E[min(rho * A, clip(rho, 1 - eps, 1 + eps) * A)] - c_ent * H[pi],  rho = pi / pi_old
+    L_critic = E[max(l(V - R), l(clip(V, V_old +- eps) - R))],  l = Huber or squared error,
+               on normalised targets R (ValueNorm)
+
+Reference implementation: the MAPPO paper's code (on-policy/, which runs IPPO as MAPPO with
+`use_centralized_V=False`); this file is mappo.py with the critic input changed. Kept from it:
+GAE, value normalisation with running statistics (de-normalised for GAE, targets normalised for
+the loss), advantage normalisation over the batch, orthogonal init (gain 0.01 on the policy head),
+input LayerNorm ("feature normalisation"), Adam eps 1e-5 with separate actor/critic optimisers,
+gradient-norm clipping per network, PPO epochs and minibatches, clipped value loss, Huber value
+loss (delta 10), death masking (samples of dead agents, batch["alive"] False, do not enter the
+policy loss or the entropy), masked categorical actions for unavailable actions, ReLU
+activations (config.py's default; its MPE scripts pass `--use_ReLU`, a store_false flag, and so
+ran Tanh), the MPE hyper-parameters (lr 7e-4, 10 epochs, 1 minibatch, clip 0.2, entropy 0.01,
+gamma 0.99, lambda 0.95, grad-norm 10).
+
+Deliberate differences from the reference code:
+- One Linear+ReLU before the GRU and one after it, no LayerNorm between the MLP layers (the
+  reference: two Linear+ReLU+LayerNorm layers before the GRU, none after); the GRU is 1 layer.
+- Chunks never cross the end of an env's rollout (`--num-steps` must be a multiple of
+  `--chunk-length`); the reference cuts the rollouts of all envs laid end to end, so with
+  episode_length 25 (its MPE runs) a chunk there can begin in one env's rollout and end in another's.
+- Truncated episodes bootstrap from V(final obs) (info["final_obs"]); the reference code
+  treats a time-limit end like a termination (no bootstrap) unless `use_proper_time_limits`
+  is set (off by default).
+- The value normaliser is updated once per rollout with all returns, before the epochs (the
+  reference updates it per minibatch), so the targets stay fixed during an update.
+- Minibatches are drawn over chunks, each holding all agents of that env (the reference
+  shuffles agents' chunks individually); this keeps the forward pass batched over agents and is
+  the same estimator in expectation.
+- The critic is trained on the samples of dead agents too (the reference masks them out of the
+  value loss by default, `use_value_active_masks`). GAE bootstraps an agent's last living step
+  from its value after death, so that value must be learned: it is the team's return to come.
+  Left untrained (a dead agent observes all zeros), it fed back through ValueNorm on smax-2s3z
+  until the value scale grew without bound and the run ended in NaN (docs/ippo.md).
+- Continuous actions: Gaussian with a learned state-independent log-std initialised at 0; the
+  sample is clipped to the action bounds only when sent to the env (log-probs use the
+  unclipped sample), padded action dims are excluded from log-probs and entropy.
+- Default env mpe-spread with 8 envs x 100 steps per rollout (the reference: 128 envs x 25
+  steps), so that `python ippo_rnn.py` learns visibly within minutes on a laptop CPU. The other
+  defaults are ippo.py's (the reference's recurrent runs use the same MPE hyper-parameters).
+"""
+
+import dataclasses
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import imageio
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Categorical, Normal
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, cuda will be used when available"""
+    env_id: str = "mpe-spread"
+    """the id of the environment (see `envs.ids()`)"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
+    total_timesteps: int = 300_000
+    """total env steps (of the whole batch of envs) of the experiment"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    capture_video: bool = False
+    """if toggled, save a gif of the first greedy evaluation episode (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """if toggled, save the model (weights, args, value-normaliser statistics) to the run folder"""
+    eval_episodes: int = 10
+    """the number of episodes of each greedy evaluation"""
+    eval_interval: int = 50_000
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model to evaluate instead of training"""
+    share_params: bool = True
+    """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
+
+    # Algorithm specific arguments
+    num_steps: int = 100
+    """the number of steps per env in each rollout"""
+    learning_rate: float = 7e-4
+    """the learning rate of the actor optimizer"""
+    critic_learning_rate: float = 7e-4
+    """the learning rate of the critic optimizer"""
+    anneal_lr: bool = False
+    """if toggled, linearly anneal the learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of GAE(lambda)"""
+    update_epochs: int = 10
+    """the number of PPO epochs per rollout"""
+    num_minibatches: int = 1
+    """the number of minibatches per epoch (each made of whole chunks)"""
+    clip_coef: float = 0.2
+    """the PPO clipping coefficient epsilon"""
+    clip_vloss: bool = True
+    """if toggled, use the clipped value loss"""
+    huber_loss: bool = True
+    """if toggled, use the Huber value loss (else the squared error)"""
+    huber_delta: float = 10.0
+    """the delta of the Huber loss"""
+    norm_adv: bool = True
+    """if toggled, normalise the advantages over the batch"""
+    value_norm: bool = True
+    """if toggled, normalise the value targets with running statistics (the paper's ValueNorm)"""
+    ent_coef: float = 0.01
+    """the coefficient of the entropy bonus"""
+    vf_coef: float = 1.0
+    """the coefficient of the value loss"""
+    max_grad_norm: float = 10.0
+    """the maximum norm of the gradient of each network"""
+    hidden_dim: int = 64
+    """the width of the Linear layers before and after the GRU of the actor and the critic"""
+    rnn_hidden_dim: int = 64
+    """the width of the GRU (its hidden state) of the actor and the critic"""
+    chunk_length: int = 10
+    """the number of consecutive steps of each training sequence (the paper's data_chunk_length)"""
+    feature_norm: bool = True
+    """if toggled, apply a LayerNorm to the network inputs (the paper's feature normalisation)"""
+    log_std_init: float = 0.0
+    """the initial log-std of the Gaussian policy (continuous actions)"""
+    init_mean: tuple[float, ...] = ()
+    """the initial mean of the Gaussian policy: one value, or one per agent with --no-share-params (empty: 0)"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """the env steps per rollout (filled in at runtime)"""
+    minibatch_size: int = 0
+    """the chunks per minibatch (filled in at runtime)"""
+    num_iterations: int = 0
+    """the number of rollouts (filled in at runtime)"""
+
+
+# ----------------------------------------------------------------------------- networks
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def gru_sequence(gru: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """The masked GRU step along a sequence: the hidden state is reset to 0 where an episode starts.
+
+    x [L, B, d]; h [B, H], the hidden state carried into x[0]; starts [L, B], 1 where x[t] is the
+    first step of an episode. h_t = GRU(x_t, (1 - start_t) * h_{t-1}); returns h_0 ... h_{L-1} [L, B, H].
+    """
+    hs = []
+    for x_t, start_t in zip(x, starts):
+        h = gru(x_t, h * (1.0 - start_t).unsqueeze(-1))
+        hs.append(h)
+    return torch.stack(hs)
+
+
+class RecurrentNet(nn.Module):
+    """[LayerNorm] -> Linear -> ReLU -> GRU -> LayerNorm -> Linear -> ReLU -> Linear, orthogonally initialised.
+
+    The paper's RNNLayer (on-policy/algorithms/utils/rnn.py: GRU, orthogonal weights, zero biases,
+    LayerNorm on its output) between a Linear layer before and one after.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, rnn_hidden_dim: int, feature_norm: bool, out_std):
+        super().__init__()
+        self.before = nn.Sequential(
+            *([nn.LayerNorm(in_dim)] if feature_norm else []), layer_init(nn.Linear(in_dim, hidden_dim)), nn.ReLU()
+        )
+        self.gru = nn.GRUCell(hidden_dim, rnn_hidden_dim)
+        for name, param in self.gru.named_parameters():
+            nn.init.orthogonal_(param) if name.startswith("weight") else nn.init.zeros_(param)
+        self.after = nn.Sequential(
+            nn.LayerNorm(rnn_hidden_dim),
+            layer_init(nn.Linear(rnn_hidden_dim, hidden_dim)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden_dim, out_dim), std=out_std),
+        )
+
+    def forward(self, x, h, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, B, in_dim], h [B, H] carried into x[0], starts [L, B] -> outputs [L, B, out_dim], h after x[-1]."""
+        hs = gru_sequence(self.gru, self.before(x), h, starts)
+        return self.after(hs), hs[-1]
+
+
+class ValueNorm(nn.Module):
+    """Running mean/std of the value targets (the MAPPO paper's ValueNorm, on-policy/utils/valuenorm.py).
+
+    Exponential moving averages of the mean and the mean square with weight beta, de-biased like
+    Adam's moments; the critic learns normalised targets and its output is de-normalised for GAE.
+    """
+
+    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5):
+        super().__init__()
+        self.beta, self.epsilon = beta, epsilon
+        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debiasing_term", torch.zeros((), dtype=torch.float64))
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debiasing_term.clamp(min=self.epsilon)
+        mean, mean_sq = self.running_mean / debias, self.running_mean_sq / debias
+        return mean, (mean_sq - mean**2).clamp(min=1e-2)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.running_mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debiasing_term.mul_(self.beta).add_(1 - self.beta)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return ((x - mean) / var.sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return (x * var.sqrt() + mean).to(x.dtype)
+
+
+def masked_categorical(logits: torch.Tensor, avail: torch.Tensor) -> Categorical:
+    """A categorical over the available actions only: unavailable logits set to -1e10."""
+    return Categorical(logits=logits.masked_fill(~avail, -1e10))
+
+
+class Agent(nn.Module):
+    """Decentralised recurrent actors pi(a_i | o_i^{1..t}) and decentralised recurrent critics V(o_i^{1..t}).
+
+    With share_params: one actor and one critic, both on [padded o_i, onehot(i)].
+    Without: actor i and critic i on o_i[:obs_dims[i]], actor i with act_dims[i] outputs.
+    Every agent has its own actor and critic hidden state, [B, N, rnn_hidden_dim] each. The methods
+    work on sequences [L, B, N, ...] (a rollout step is L = 1); outputs are padded to the largest
+    action size.
+    """
+
+    def __init__(self, env, args: Args):
+        super().__init__()
+        self.n_agents, self.discrete, self.share = env.n_agents, env.discrete, args.share_params
+        self.obs_dims, self.act_dims = list(env.obs_dims), list(env.act_dims)
+        self.n_out = env.n_actions if env.discrete else env.act_dim
+        self.rnn_hidden_dim = args.rnn_hidden_dim
+        N, h, rh, fn = self.n_agents, args.hidden_dim, args.rnn_hidden_dim, args.feature_norm
+        if self.share:
+            self.actors = nn.ModuleList([RecurrentNet(env.obs_dim + N, self.n_out, h, rh, fn, 0.01)])
+            self.critics = nn.ModuleList([RecurrentNet(env.obs_dim + N, 1, h, rh, fn, 1.0)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((self.n_out,), args.log_std_init))])
+        else:
+            self.actors = nn.ModuleList(
+                [RecurrentNet(self.obs_dims[i], self.act_dims[i], h, rh, fn, 0.01) for i in range(N)]
+            )
+            self.critics = nn.ModuleList([RecurrentNet(self.obs_dims[i], 1, h, rh, fn, 1.0) for i in range(N)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((d,), args.log_std_init)) for d in self.act_dims])
+        if args.init_mean and not self.discrete:  # start the Gaussian means there (the output bias)
+            if len(args.init_mean) not in (1, N):
+                raise ValueError(f"--init-mean needs 1 or n_agents = {N} values, got {len(args.init_mean)}")
+            means = list(args.init_mean) * N if len(args.init_mean) == 1 else list(args.init_mean)
+            for actor, mean in zip(self.actors, means):
+                nn.init.constant_(actor.after[-1].bias, mean)
+        if self.discrete:
+            self.log_stds = nn.ParameterList()  # no Gaussian
+        self.register_buffer("agent_ids", torch.eye(N))
+        # 1 on an agent's true action dims, 0 on padding (continuous log-probs and entropies)
+        act_mask = torch.zeros(N, max(self.n_out, 1))
+        for i, d in enumerate(self.act_dims):
+            act_mask[i, :d] = 1.0
+        self.register_buffer("act_mask", act_mask)
+        self.value_norm = ValueNorm()
+
+    def _with_id(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., N, d] -> [..., N, d + N]: append the one-hot agent id."""
+        return torch.cat([x, self.agent_ids.expand(*x.shape[:-2], -1, -1)], dim=-1)
+
+    def _run(self, nets: nn.ModuleList, x: torch.Tensor | list[torch.Tensor], h, starts, out_dim: int):
+        """The shared net on x [L, B, N, d] (agents folded into the batch), or net i on x[i] [L, B, d_i].
+
+        h [B, N, H] carried in, starts [L, B] -> outputs [L, B, N, out_dim] (zero-padded), h [B, N, H] after.
+        """
+        if self.share:
+            L, B, N, _ = x.shape
+            out, h = nets[0](x.flatten(1, 2), h.flatten(0, 1), starts.repeat_interleave(N, dim=1))
+            return out.view(L, B, N, out_dim), h.view(B, N, -1)
+        outs, hs = zip(*[net(x_i, h[:, i], starts) for i, (net, x_i) in enumerate(zip(nets, x))])
+        return torch.stack([F.pad(o, (0, out_dim - o.shape[-1])) for o in outs], dim=2), torch.stack(hs, dim=1)
+
+    def actor_out(self, obs: torch.Tensor, h: torch.Tensor, starts: torch.Tensor):
+        """obs [L, B, N, obs_dim] -> logits or Gaussian means [L, B, N, n_out] (padded with 0), actor h."""
+        if self.share:
+            return self._run(self.actors, self._with_id(obs), h, starts, self.n_out)
+        return self._run(self.actors, [obs[:, :, i, :d] for i, d in enumerate(self.obs_dims)], h, starts, self.n_out)
+
+    def log_std(self) -> torch.Tensor:
+        """[N, n_out] (padded dims 0)."""
+        if self.share:
+            return self.log_stds[0].expand(self.n_agents, -1)
+        return torch.stack([F.pad(s, (0, self.n_out - s.shape[0])) for s in self.log_stds])
+
+    def get_value(self, obs: torch.Tensor, h: torch.Tensor, starts: torch.Tensor):
+        """obs [L, B, N, obs_dim] -> normalised V(o_i) [L, B, N], critic h [B, N, H] after the last step."""
+        if self.share:
+            value, h = self._run(self.critics, self._with_id(obs), h, starts, 1)
+        else:
+            value, h = self._run(self.critics, [obs[:, :, i, :d] for i, d in enumerate(self.obs_dims)], h, starts, 1)
+        return value[..., 0], h
+
+    def dist(self, obs: torch.Tensor, avail: torch.Tensor | None, h: torch.Tensor, starts: torch.Tensor):
+        out, h = self.actor_out(obs, h, starts)
+        if self.discrete:
+            return masked_categorical(out, avail), h
+        return Normal(out, self.log_std().exp()), h
+
+    def log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
+        """[..., N] log-probs of the joint action; padded continuous dims excluded."""
+        return dist.log_prob(action) if self.discrete else (dist.log_prob(action) * self.act_mask).sum(-1)
+
+    def entropy(self, dist) -> torch.Tensor:
+        """[..., N] entropies; padded continuous dims excluded."""
+        return dist.entropy() if self.discrete else (dist.entropy() * self.act_mask).sum(-1)
+
+    def act(self, obs, avail, h, start, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step: obs [B, N, obs_dim], actor h [B, N, H] carried in, start [B] (1 at an episode's first step).
+
+        Samples (or takes the greedy) joint action: [B, N] ints or [B, N, act_dim] floats, its
+        log-probs, and the actor hidden state after the step.
+        """
+        dist, h = self.dist(obs[None], None if avail is None else avail[None], h, start[None])
+        if greedy:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return action[0], self.log_prob(dist, action)[0], h
+
+
+# ------------------------------------------------------------------ the algorithm's pieces
+def compute_gae(rewards, values, next_values, terminated, dones, gamma: float, gae_lambda: float):
+    """GAE(lambda) (Schulman et al. 2016, eq. 16) with episode ends inside the rollout.
+
+    All inputs [T, ...] (same shape). values[t] = V(o_t); next_values[t] = V of the observation
+    that followed step t: V(o_{t+1}), or on the last step of an episode V(final obs) (used only
+    if the episode was truncated, not terminated). dones = terminated | truncated stops the sum.
+        delta_t = r_t + gamma * (1 - term_t) * next_values[t] - values[t]
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+    Returns advantages and returns (= advantages + values, the critic's targets).
+    """
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1.0 - dones[t]) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def to_chunks(x: torch.Tensor, chunk_length: int) -> torch.Tensor:
+    """Cut a rollout [T, E, ...] into chunks of L = chunk_length consecutive steps: [L, C, ...], C = T / L * E.
+
+    Chunk k * E + e holds steps k L ... k L + L - 1 of env e (the paper's data chunks), so
+    to_chunks(stored hidden states, L)[0] is each chunk's initial hidden state: the one the
+    rollout stored at the chunk's first step.
+    """
+    T, E, *rest = x.shape
+    return x.reshape(T // chunk_length, chunk_length, E, *rest).transpose(0, 1).reshape(chunk_length, -1, *rest)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where mask is 1 (death masking)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def ppo_clip_loss(new_logprob, old_logprob, advantages, clip_coef: float, mask):
+    """PPO-Clip actor loss: -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)], rho = exp(new - old)."""
+    ratio = (new_logprob - old_logprob).exp()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * advantages)
+    return -masked_mean(surrogate, mask)
+
+
+def huber(error: torch.Tensor, delta: float) -> torch.Tensor:
+    """e^2/2 for |e| <= delta, delta (|e| - delta/2) beyond (as the paper's code)."""
+    a = error.abs()
+    return torch.where(a <= delta, 0.5 * error**2, delta * (a - 0.5 * delta))
+
+
+def value_loss(new_values, old_values, targets, mask, clip_coef: float, clip_vloss: bool, huber_delta: float | None):
+    """Critic loss on normalised values: max(l(V - R), l(V_old + clip(V - V_old, +-eps) - R)) if clipped."""
+    loss_fn = (lambda e: huber(e, huber_delta)) if huber_delta is not None else (lambda e: 0.5 * e**2)
+    loss = loss_fn(new_values - targets)
+    if clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+        loss = torch.max(loss, loss_fn(clipped - targets))
+    return masked_mean(loss, mask)
+
+
+# ------------------------------------------------------------------------- boilerplate
+def to_env_actions(env, action: torch.Tensor) -> np.ndarray:
+    """Clip Gaussian samples to the action bounds (only here, at the env); ints pass through."""
+    a = action.cpu().numpy()
+    return a if env.discrete else np.clip(a, env.act_low, env.act_high)
+
+
+def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) -> tuple[float, float]:
+    """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate)."""
+    if video_path is not None:
+        env = envs.make(
+            args.env_id,
+            num_envs=1,
+            seed=args.seed + 10_000,
+            render_mode="rgb_array",
+            **envs.parse_options(args.env_options),
+        )
+    else:
+        env = envs.make(
+            args.env_id,
+            num_envs=min(args.eval_episodes, 8),
+            seed=args.seed + 10_000,
+            **envs.parse_options(args.env_options),
+        )
+    returns, wins, frames = [], [], []
+    h = torch.zeros((env.num_envs, env.n_agents, agent.rnn_hidden_dim), device=device)  # carried across steps
+    start = torch.ones(env.num_envs, device=device)  # 1 at each env's first step of an episode: reset h
+    try:
+        batch = env.reset()
+        while len(returns) < args.eval_episodes:
+            if video_path is not None and not returns:
+                frames.append(env.render())
+            with torch.no_grad():
+                obs = torch.as_tensor(batch["obs"], device=device)
+                avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+                action, _, h = agent.act(obs, avail, h, start, greedy=True)
+            batch, _, terminated, truncated, info = env.step(to_env_actions(env, action))
+            start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            for e in np.flatnonzero(terminated | truncated):
+                returns.append(float(info["episode"]["return"][e]))
+                if "win" in env.metric_names:
+                    wins.append(float(info["episode"]["win"][e]))
+    finally:
+        env.close()
+    if video_path is not None and frames:
+        os.makedirs(os.path.dirname(video_path), exist_ok=True)
+        imageio.mimsave(video_path, [np.asarray(f) for f in frames if f is not None])
+    returns = returns[: args.eval_episodes]
+    return float(np.mean(returns)), float(np.mean(wins[: args.eval_episodes])) if wins else float("nan")
+
+
+def check_args(args: Args) -> None:
+    family = envs.family(args.env_id)  # raises a ValueError listing the valid ids
+    if len(args.init_mean) > 1 and args.share_params:
+        raise ValueError("one --init-mean per agent needs --no-share-params (a shared actor has one output bias)")
+    if args.capture_video and family not in ("mamujoco", "mpe"):
+        raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})")
+    names = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes", "chunk_length")
+    for name in (*names, "rnn_hidden_dim"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_steps % args.chunk_length:
+        raise ValueError(
+            f"--num-steps {args.num_steps} must be a multiple of --chunk-length {args.chunk_length} "
+            "(a rollout is cut into whole chunks); change one of them"
+        )
+    num_chunks = args.num_envs * args.num_steps // args.chunk_length
+    if args.num_minibatches > num_chunks:
+        raise ValueError(
+            f"--num-minibatches {args.num_minibatches} exceeds the number of chunks per rollout "
+            f"num_envs * num_steps / chunk_length = {num_chunks}"
+        )
+
+
+def load_checkpoint(args: Args) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved <exp_name>.pt")
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    algo = ckpt.get("algo")
+    if algo != "ippo_rnn":
+        raise ValueError(
+            f"{args.checkpoint} was saved by {algo}.py; evaluate it with: "
+            f"python {algo}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
+        )
+    if ckpt["env_id"] != args.env_id:
+        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
+    return ckpt
+
+
+def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win_rate) -> dict:
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": episodic_return,
+        "eval_return": eval_return,
+        "eval_win_rate": eval_win_rate,
+    }
+
+
+def train(args: Args) -> dict:
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # skip per-call argument checks (speed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name)
+
+    # ---------------------------------------------------------------- evaluate a checkpoint
+    if args.checkpoint is not None:
+        ckpt = load_checkpoint(args)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+        with envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options)) as probe:
+            agent = Agent(probe, saved).to(device)
+        agent.load_state_dict(ckpt["model"])
+        video = os.path.join(run_dir, "videos", "eval_0.gif") if args.capture_video else None
+        eval_return, eval_win = evaluate(agent, args, device, video)
+        print(f"checkpoint {args.checkpoint}: eval return {eval_return:.3f} over {args.eval_episodes} episodes")
+        return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
+
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    E, N, T = args.num_envs, env.n_agents, args.num_steps
+    args.batch_size = E * T
+    num_chunks = args.batch_size // args.chunk_length
+    args.minibatch_size = num_chunks // args.num_minibatches
+    args.num_iterations = max(1, -(-args.total_timesteps // args.batch_size))  # at least total_timesteps steps
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
+    )
+    agent = Agent(env, args).to(device)
+    actor_params = [*agent.actors.parameters(), *agent.log_stds.parameters()]
+    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, eps=1e-5)
+    critic_optimizer = torch.optim.Adam(agent.critics.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    # ---------------------------------------------------------------- rollout storage
+    obs_buf = torch.zeros((T, E, N, env.obs_dim), device=device)
+    avail_buf = torch.ones((T, E, N, max(env.n_actions, 1)), dtype=torch.bool, device=device)
+    alive_buf = torch.zeros((T, E, N), device=device)
+    act_shape = (T, E, N) if env.discrete else (T, E, N, env.act_dim)
+    actions_buf = torch.zeros(act_shape, dtype=torch.long if env.discrete else torch.float32, device=device)
+    logprobs_buf = torch.zeros((T, E, N), device=device)
+    values_buf = torch.zeros((T, E, N), device=device)  # normalised critic outputs
+    final_values_buf = torch.zeros((T, E, N), device=device)  # de-normalised V(final obs) on truncation
+    rewards_buf = torch.zeros((T, E), device=device)
+    terminated_buf = torch.zeros((T, E), device=device)
+    dones_buf = torch.zeros((T, E), device=device)
+    H = args.rnn_hidden_dim
+    actor_h_buf = torch.zeros((T, E, N, H), device=device)  # the hidden states carried into each step
+    critic_h_buf = torch.zeros((T, E, N, H), device=device)
+    starts_buf = torch.zeros((T, E), device=device)  # 1 at the first step of an episode (reset the hidden states)
+
+    def denorm(v: torch.Tensor) -> torch.Tensor:
+        return agent.value_norm.denormalize(v) if args.value_norm else v
+
+    global_step, start_time, last_print, next_eval = 0, time.time(), 0.0, args.eval_interval
+    recent_returns = deque(maxlen=20)
+    recent_wins = deque(maxlen=20)
+    batch = env.reset()
+    actor_h = torch.zeros((E, N, H), device=device)
+    critic_h = torch.zeros((E, N, H), device=device)
+    start = torch.ones(E, device=device)
+    for iteration in range(1, args.num_iterations + 1):
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+        # ------------------------------------------------------------ rollout
+        for t in range(T):
+            global_step += E
+            obs = torch.as_tensor(batch["obs"], device=device)
+            obs_buf[t] = obs
+            alive_buf[t] = torch.as_tensor(batch["alive"], device=device)
+            avail = None
+            if env.discrete:
+                avail = avail_buf[t] = torch.as_tensor(batch["avail"], device=device)
+            actor_h_buf[t], critic_h_buf[t], starts_buf[t] = actor_h, critic_h, start
+            with torch.no_grad():
+                action, logprob, actor_h = agent.act(obs, avail, actor_h, start)
+                value, critic_h = agent.get_value(obs[None], critic_h, start[None])
+                values_buf[t] = value[0]
+            actions_buf[t], logprobs_buf[t] = action, logprob
+            batch, reward, terminated, truncated, info = env.step(to_env_actions(env, action))
+            start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            rewards_buf[t] = torch.as_tensor(reward, device=device)
+            terminated_buf[t] = torch.as_tensor(terminated, device=device)
+            dones_buf[t] = torch.as_tensor(terminated | truncated, device=device)
+            final_values_buf[t] = 0.0
+            if truncated.any():  # bootstrap from the last observations of truncated episodes
+                rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
+                with torch.no_grad():  # the episode goes on from critic_h: the hidden state before the reset
+                    final_obs = torch.as_tensor(info["final_obs"], device=device)[rows]
+                    final_value, _ = agent.get_value(
+                        final_obs[None], critic_h[rows], torch.zeros_like(start[rows])[None]
+                    )
+                    final_values_buf[t, rows] = denorm(final_value[0])
+            if "episode" in info:
+                done = terminated | truncated
+                ep = info["episode"]
+                recent_returns.extend(ep["return"][done].tolist())
+                writer.add_scalar("charts/episodic_return", float(ep["return"][done].mean()), global_step)
+                writer.add_scalar("charts/episodic_length", float(ep["length"][done].mean()), global_step)
+                if "win" in env.metric_names:
+                    recent_wins.extend(ep["win"][done].tolist())
+                    writer.add_scalar("charts/win_rate", float(ep["win"][done].mean()), global_step)
+                for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                    writer.add_scalar(f"charts/{name}", float(ep[name][done].mean()), global_step)
+
+        # ------------------------------------------------------------ GAE (de-normalised values)
+        with torch.no_grad():
+            next_obs = torch.as_tensor(batch["obs"], device=device)
+            next_value = denorm(agent.get_value(next_obs[None], critic_h, start[None])[0][0])
+            values = denorm(values_buf)
+            next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+            dones = dones_buf.unsqueeze(-1)  # [T, E, 1], broadcast over agents
+            next_values = torch.where(dones.bool(), final_values_buf, next_values)
+            advantages, returns = compute_gae(
+                rewards_buf.unsqueeze(-1).expand(-1, -1, N), values, next_values,
+                terminated_buf.unsqueeze(-1).expand(-1, -1, N), dones.expand(-1, -1, N),
+                args.gamma, args.gae_lambda,
+            )  # fmt: skip
+            if args.value_norm:
+                agent.value_norm.update(returns)
+                targets = agent.value_norm.normalize(returns)
+            else:
+                targets = returns
+            if args.norm_adv:
+                alive = alive_buf.bool()
+                adv_mean, adv_std = advantages[alive].mean(), advantages[alive].std()
+                advantages = (advantages - adv_mean) / (adv_std.nan_to_num(0.0) + 1e-8)
+
+        # ------------------------------------------------------------ PPO update
+        # chunks [L, C, ...] of L = chunk_length steps; minibatches index chunks (the second axis)
+        L = args.chunk_length
+        c_obs, c_avail = to_chunks(obs_buf, L), to_chunks(avail_buf, L)
+        c_alive, c_starts = to_chunks(alive_buf, L), to_chunks(starts_buf, L)
+        c_actions, c_logprobs = to_chunks(actions_buf, L), to_chunks(logprobs_buf, L)
+        c_adv, c_targets, c_values = to_chunks(advantages, L), to_chunks(targets, L), to_chunks(values_buf, L)
+        c_actor_h0, c_critic_h0 = to_chunks(actor_h_buf, L)[0], to_chunks(critic_h_buf, L)[0]  # stored at chunk starts
+        clipfracs, approx_kls = [], []
+        for _epoch in range(args.update_epochs):
+            perm = torch.randperm(num_chunks, device=device)
+            for begin in range(0, num_chunks - args.minibatch_size + 1, args.minibatch_size):
+                mb = perm[begin : begin + args.minibatch_size]
+                mask, starts = c_alive[:, mb], c_starts[:, mb]
+                dist, _ = agent.dist(c_obs[:, mb], c_avail[:, mb] if env.discrete else None, c_actor_h0[mb], starts)
+                new_logprob, entropy = agent.log_prob(dist, c_actions[:, mb]), agent.entropy(dist)
+                pg_loss = ppo_clip_loss(new_logprob, c_logprobs[:, mb], c_adv[:, mb], args.clip_coef, mask)
+                entropy_loss = masked_mean(entropy, mask)
+                new_values, _ = agent.get_value(c_obs[:, mb], c_critic_h0[mb], starts)
+                v_loss = value_loss(  # over all samples: GAE bootstraps from dead agents' values too
+                    new_values, c_values[:, mb], c_targets[:, mb], torch.ones_like(mask), args.clip_coef,
+                    args.clip_vloss, args.huber_delta if args.huber_loss else None,
+                )  # fmt: skip
+                loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+                actor_optimizer.zero_grad()
+                critic_optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(actor_params, args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.critics.parameters(), args.max_grad_norm)
+                actor_optimizer.step()
+                critic_optimizer.step()
+                with torch.no_grad():
+                    log_ratio = new_logprob - c_logprobs[:, mb]
+                    approx_kls.append(masked_mean(log_ratio.exp() - 1 - log_ratio, mask).item())
+                    clipfracs.append(masked_mean(((log_ratio.exp() - 1).abs() > args.clip_coef).float(), mask).item())
+
+        # ------------------------------------------------------------ logging
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/approx_kl", float(np.mean(approx_kls)), global_step)
+        writer.add_scalar("losses/clipfrac", float(np.mean(clipfracs)), global_step)
+        if time.time() - last_print > 5.0 or iteration == args.num_iterations:
+            last_print = time.time()
+            recent = np.mean(recent_returns) if recent_returns else float("nan")
+            print(f"global_step={global_step} SPS={sps} episodic_return={recent:.3f}")
+        if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
+            next_eval += args.eval_interval
+            video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+            eval_return, eval_win = evaluate(agent, args, device, video)
+            writer.add_scalar("eval/episodic_return", eval_return, global_step)
+            if not np.isnan(eval_win):
+                writer.add_scalar("eval/win_rate", eval_win, global_step)
+            print(f"global_step={global_step} eval_return={eval_return:.3f}")
+
+    env.close()
+    # ---------------------------------------------------------------- final evaluation and save
+    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+    eval_return, eval_win = evaluate(agent, args, device, video)
+    writer.add_scalar("eval/episodic_return", eval_return, global_step)
+    if not np.isnan(eval_win):
+        writer.add_scalar("eval/win_rate", eval_win, global_step)
+    print(f"global_step={global_step} eval_return={eval_return:.3f}")
+    model_path = None
+    if args.save_model:
+        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
+        torch.save(
+            {"algo": "ippo_rnn", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()},
+            model_path,
+        )
+        print(f"model saved to {model_path}")
+    writer.close()
+    episodic_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
+    return result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win)
+
+
+if __name__ == "__main__":
+    train(tyro.cli(Args))
