@@ -9,7 +9,7 @@ hidden states carried into each step; PPO trains on chunks of `--chunk-length` c
 (the paper's data_chunk_length 10) that start from the stored hidden state at the chunk's first
 step and reset it inside the chunk exactly where an episode starts; minibatches are made of whole
 chunks. With memory, V(o_i^{1..t}) sees the agent's observation history, not one observation.
-Everything else is ippo.py:
+Everything else is as in ippo.py, described below.
 
 In the lecture's terms: independent learning; actor loss = PPO-Clip on each agent's policy
 pi(a_i | o_i); critic type = V-function on the agent's own observation, V(o_i) (no global
@@ -39,8 +39,8 @@ Deliberate differences from the reference code:
 - One Linear+ReLU before the GRU and one after it, no LayerNorm between the MLP layers (the
   reference: two Linear+ReLU+LayerNorm layers before the GRU, none after); the GRU is 1 layer.
 - Chunks never cross the end of an env's rollout (`--num-steps` must be a multiple of
-  `--chunk-length`); the reference cuts the rollouts of all envs laid end to end, so with
-  episode_length 25 (its MPE runs) a chunk there can begin in one env's rollout and end in another's.
+  `--chunk-length`); the reference cuts the rollouts of all envs and agents laid end to end, so where
+  episode_length is not a multiple of data_chunk_length a chunk runs from one rollout into the next.
 - Truncated episodes bootstrap from V(final obs) (info["final_obs"]); the reference code
   treats a time-limit end like a termination (no bootstrap) unless `use_proper_time_limits`
   is set (off by default).

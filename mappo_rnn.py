@@ -8,7 +8,7 @@ an episode and reset to 0 at its first step; the rollout stores the hidden state
 each step; PPO trains on chunks of `--chunk-length` consecutive steps (the paper's
 data_chunk_length 10) that start from the stored hidden state at the chunk's first step and reset
 it inside the chunk exactly where an episode starts; minibatches are made of whole chunks.
-Everything else is mappo.py:
+Everything else is as in mappo.py, described below.
 
 In the lecture's terms: actor loss = PPO-Clip on each agent's decentralised policy pi(a_i | o_i);
 critic type = V-function on the global state, V(s), made agent-specific by appending the agent's
@@ -37,8 +37,8 @@ Deliberate differences from the paper's code:
 - One Linear+ReLU before the GRU and one after it, no LayerNorm between the MLP layers (the
   paper's code: two Linear+ReLU+LayerNorm layers before the GRU, none after); the GRU is 1 layer.
 - Chunks never cross the end of an env's rollout (`--num-steps` must be a multiple of
-  `--chunk-length`); the paper's code cuts the rollouts of all envs laid end to end, so with
-  episode_length 25 (its MPE runs) a chunk there can begin in one env's rollout and end in another's.
+  `--chunk-length`); the paper's code cuts the rollouts of all envs and agents laid end to end, so where
+  episode_length is not a multiple of data_chunk_length a chunk runs from one rollout into the next.
 - The critic input is the env's global state plus the one-hot agent id (without sharing: the
   state alone, each agent has its own critic); the paper's "agent-specific" state also
   concatenates agent-specific features where the env provides them.
