@@ -199,7 +199,9 @@ class RecurrentNet(nn.Module):
     LayerNorm on its output) between a Linear layer before and one after.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, rnn_hidden_dim: int, feature_norm: bool, out_std):
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, rnn_hidden_dim: int, feature_norm: bool, out_std: float
+    ):
         super().__init__()
         self.before = nn.Sequential(
             *([nn.LayerNorm(in_dim)] if feature_norm else []), layer_init(nn.Linear(in_dim, hidden_dim)), nn.ReLU()
@@ -484,8 +486,8 @@ def check_args(args: Args) -> None:
         raise ValueError("one --init-mean per agent needs --no-share-params (a shared actor has one output bias)")
     if args.capture_video and family not in ("mamujoco", "mpe"):
         raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})")
-    names = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes", "chunk_length")
-    for name in (*names, "rnn_hidden_dim"):
+    sizes = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "eval_episodes", "chunk_length")
+    for name in (*sizes, "rnn_hidden_dim"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.num_steps % args.chunk_length:
