@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import envs
+
 RNN = ["mappo_rnn", "ippo_rnn"]
 
 
@@ -114,6 +116,57 @@ def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
     )  # fmt: skip
     assert not torch.allclose(z_dist.logits[0, E : E + 2], c_dist.logits[0, E : E + 2], atol=1e-3)
     assert torch.allclose(z_dist.logits[:, E + 2], c_dist.logits[:, E + 2], atol=1e-5)
+
+
+class TruncatedMemoryCue:
+    """memory-cue whose episode ends are time-limit truncations (every env ends at the same step)."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def step(self, actions):
+        batch, reward, terminated, truncated, info = self.env.step(actions)
+        return batch, reward, truncated, terminated, info
+
+
+@pytest.mark.parametrize("algo", RNN)
+def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_last_step(algo, tmp_path, monkeypatch):
+    """V(final state) of a truncated episode continues the episode: the critic runs on it from the
+    hidden state its last step produced (not reset, not the one before that step); the next episode's
+    first step then resets it."""
+    monkeypatch.chdir(tmp_path)
+    m = load(algo)
+    calls = []  # (h carried in, starts, h after) of every one-step critic call in the rollout
+
+    class RecordingAgent(m.Agent):
+        def get_value(self, x, h, starts):
+            value, h_after = super().get_value(x, h, starts)
+            if x.shape[0] == 1:
+                calls.append((h.clone(), starts.clone(), h_after.clone()))
+            return value, h_after
+
+    monkeypatch.setattr(m, "Agent", RecordingAgent)
+    make = envs.make
+    monkeypatch.setattr(envs, "make", lambda env_id, **kwargs: TruncatedMemoryCue(make(env_id, **kwargs)))
+    args = m.Args(
+        env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
+        eval_interval=0, eval_episodes=1, save_model=False,
+    )  # fmt: skip
+    m.train(args)
+    # one rollout of 10 steps, episodes of 4: the calls of steps 0-3, V(final state), steps 4-7,
+    # V(final state), steps 8-9, then V of the state after the rollout
+    assert len(calls) == 13
+    for i in (4, 9):
+        h_in, starts, _ = calls[i]
+        assert torch.equal(starts, torch.zeros_like(starts))  # the episode goes on: no reset
+        assert torch.equal(h_in, calls[i - 1][2])  # from the hidden state after the last step
+        assert h_in.abs().sum() > 0
+        next_h_in, next_starts, _ = calls[i + 1]
+        assert torch.equal(next_starts, torch.ones_like(next_starts))  # the next episode's first step resets
+        assert torch.equal(next_h_in, calls[i - 1][2])  # (the carried state, multiplied by 0 inside the step)
 
 
 @pytest.mark.parametrize("algo", RNN)
