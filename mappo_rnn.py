@@ -44,7 +44,8 @@ Deliberate differences from the paper's code:
   concatenates agent-specific features where the env provides them.
 - Truncated episodes bootstrap from V(final state) (info["final_state"]); the paper's code
   treats a time-limit end like a termination (no bootstrap) unless `use_proper_time_limits`
-  is set (off by default).
+  is set (off by default); with it, the advantage of the truncated step is zeroed instead (the
+  final observation is never read).
 - The value normaliser is updated once per rollout with all returns, before the epochs (the
   paper's code updates it per minibatch), so the targets stay fixed during an update.
 - Minibatches are drawn over chunks, each holding all agents of that env (the paper's code
@@ -70,16 +71,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import imageio
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.distributions import Categorical, Normal
-from torch.utils.tensorboard import SummaryWriter
 
 import envs
+from envs import experiment
 
 
 @dataclass
@@ -91,19 +91,25 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, cuda will be used when available"""
+    """if toggled, train on the GPU (an error when torch finds none)"""
+    track: bool = False
+    """if toggled, mirror the logs to Weights & Biases (needs pip install wandb; WANDB_MODE=offline works offline)"""
+    wandb_project_name: str = "marl-pg"
+    """the W&B project of --track"""
+    wandb_entity: str | None = None
+    """the W&B entity (user or team) of --track (None: your default)"""
     env_id: str = "mpe-spread"
-    """the id of the environment (see `envs.ids()`)"""
+    """the id of the environment; every id: python -c "import envs; print(envs.ids())" (see docs/usage.md)"""
     env_options: tuple[str, ...] = ()
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
-    """total env steps (of the whole batch of envs) of the experiment"""
+    """total env steps of the experiment (one step of all agents in one env counts once)"""
     num_envs: int = 8
     """the number of parallel environments"""
     capture_video: bool = False
-    """if toggled, save a gif of the first greedy evaluation episode (MA-MuJoCo and MPE only)"""
+    """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
-    """if toggled, save the model (weights, args, value-normaliser statistics) to the run folder"""
+    """if toggled, save the model to <run dir>/<exp_name>.pt (at the end, and on Ctrl-C)"""
     eval_episodes: int = 10
     """the number of episodes of each greedy evaluation"""
     eval_interval: int = 50_000
@@ -437,45 +443,37 @@ def to_env_actions(env, action: torch.Tensor) -> np.ndarray:
 
 
 def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) -> tuple[float, float]:
-    """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate)."""
-    if video_path is not None:
-        env = envs.make(
-            args.env_id,
-            num_envs=1,
-            seed=args.seed + 10_000,
-            render_mode="rgb_array",
-            **envs.parse_options(args.env_options),
-        )
-    else:
-        env = envs.make(
-            args.env_id,
-            num_envs=min(args.eval_episodes, 8),
-            seed=args.seed + 10_000,
-            **envs.parse_options(args.env_options),
-        )
-    returns, wins, frames = [], [], []
+    """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate).
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
+    env = envs.make(
+        args.env_id,
+        num_envs=min(args.eval_episodes, 8),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
+    )
+    returns, wins = [], []
     h = torch.zeros((env.num_envs, env.n_agents, agent.rnn_hidden_dim), device=device)  # carried across steps
     start = torch.ones(env.num_envs, device=device)  # 1 at each env's first step of an episode: reset h
     try:
+        video = experiment.Video(env, video_path)
         batch = env.reset()
         while len(returns) < args.eval_episodes:
-            if video_path is not None and not returns:
-                frames.append(env.render())
+            video.capture()
             with torch.no_grad():
                 obs = torch.as_tensor(batch["obs"], device=device)
                 avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
                 action, _, h = agent.act(obs, avail, h, start, greedy=True)
             batch, _, terminated, truncated, info = env.step(to_env_actions(env, action))
+            video.stepped(terminated, truncated)
             start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
             for e in np.flatnonzero(terminated | truncated):
                 returns.append(float(info["episode"]["return"][e]))
                 if "win" in env.metric_names:
                     wins.append(float(info["episode"]["win"][e]))
+        video.save()
     finally:
         env.close()
-    if video_path is not None and frames:
-        os.makedirs(os.path.dirname(video_path), exist_ok=True)
-        imageio.mimsave(video_path, [np.asarray(f) for f in frames if f is not None])
     returns = returns[: args.eval_episodes]
     return float(np.mean(returns)), float(np.mean(wins[: args.eval_episodes])) if wins else float("nan")
 
@@ -501,21 +499,7 @@ def check_args(args: Args) -> None:
             f"--num-minibatches {args.num_minibatches} exceeds the number of chunks per rollout "
             f"num_envs * num_steps / chunk_length = {num_chunks}"
         )
-
-
-def load_checkpoint(args: Args) -> dict:
-    if not os.path.isfile(args.checkpoint):
-        raise ValueError(f"checkpoint {args.checkpoint!r} does not exist; pass the path of a saved <exp_name>.pt")
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    algo = ckpt.get("algo")
-    if algo != "mappo_rnn":
-        raise ValueError(
-            f"{args.checkpoint} was saved by {algo}.py; evaluate it with: "
-            f"python {algo}.py --env-id {ckpt.get('env_id')} --checkpoint {args.checkpoint}"
-        )
-    if ckpt["env_id"] != args.env_id:
-        raise ValueError(f"{args.checkpoint} was made for env {ckpt['env_id']}; pass --env-id {ckpt['env_id']}")
-    return ckpt
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
 
 
 def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win_rate) -> dict:
@@ -537,20 +521,19 @@ def train(args: Args) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
     torch.distributions.Distribution.set_default_validate_args(False)  # skip per-call argument checks (speed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name)
+    device = experiment.device(args.cuda)
 
     # ---------------------------------------------------------------- evaluate a checkpoint
     if args.checkpoint is not None:
-        ckpt = load_checkpoint(args)
+        ckpt = experiment.load_checkpoint(args.checkpoint, "mappo_rnn", args.env_id)
         saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
         with envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options)) as probe:
             agent = Agent(probe, saved).to(device)
         agent.load_state_dict(ckpt["model"])
-        video = os.path.join(run_dir, "videos", "eval_0.gif") if args.capture_video else None
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
         eval_return, eval_win = evaluate(agent, args, device, video)
-        print(f"checkpoint {args.checkpoint}: eval return {eval_return:.3f} over {args.eval_episodes} episodes")
+        experiment.print_summary(run_dir, 0, eval_return, eval_win, args.eval_episodes, args.checkpoint)
         return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
 
     env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
@@ -559,11 +542,8 @@ def train(args: Args) -> dict:
     num_chunks = args.batch_size // args.chunk_length
     args.minibatch_size = num_chunks // args.num_minibatches
     args.num_iterations = max(1, -(-args.total_timesteps // args.batch_size))  # at least total_timesteps steps
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()),
-    )
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
     agent = Agent(env, args).to(device)
     actor_params = [*agent.actors.parameters(), *agent.log_stds.parameters()]
     actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, eps=1e-5)
@@ -590,7 +570,8 @@ def train(args: Args) -> dict:
     def denorm(v: torch.Tensor) -> torch.Tensor:
         return agent.value_norm.denormalize(v) if args.value_norm else v
 
-    global_step, start_time, last_print, next_eval = 0, time.time(), 0.0, args.eval_interval
+    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
     recent_returns = deque(maxlen=20)
     recent_wins = deque(maxlen=20)
     batch = env.reset()
@@ -713,39 +694,37 @@ def train(args: Args) -> dict:
         writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
         writer.add_scalar("losses/approx_kl", float(np.mean(approx_kls)), global_step)
         writer.add_scalar("losses/clipfrac", float(np.mean(clipfracs)), global_step)
-        if time.time() - last_print > 5.0 or iteration == args.num_iterations:
-            last_print = time.time()
-            recent = np.mean(recent_returns) if recent_returns else float("nan")
-            print(f"global_step={global_step} SPS={sps} episodic_return={recent:.3f}")
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
         if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
             next_eval += args.eval_interval
-            video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
             eval_return, eval_win = evaluate(agent, args, device, video)
-            writer.add_scalar("eval/episodic_return", eval_return, global_step)
-            if not np.isnan(eval_win):
-                writer.add_scalar("eval/win_rate", eval_win, global_step)
-            print(f"global_step={global_step} eval_return={eval_return:.3f}")
+            experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
 
     env.close()
-    # ---------------------------------------------------------------- final evaluation and save
-    video = os.path.join(run_dir, "videos", f"eval_{global_step}.gif") if args.capture_video else None
-    eval_return, eval_win = evaluate(agent, args, device, video)
-    writer.add_scalar("eval/episodic_return", eval_return, global_step)
-    if not np.isnan(eval_win):
-        writer.add_scalar("eval/win_rate", eval_win, global_step)
-    print(f"global_step={global_step} eval_return={eval_return:.3f}")
+    training.close()
+    # ---------------------------------------------------------------- save, final evaluation, summary
     model_path = None
-    if args.save_model:
-        model_path = os.path.join(run_dir, f"{args.exp_name}.pt")
-        torch.save(
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            os.path.join(run_dir, f"{args.exp_name}.pt"),
             {"algo": "mappo_rnn", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()},
-            model_path,
         )
-        print(f"model saved to {model_path}")
+    eval_return, eval_win = float("nan"), float("nan")
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        eval_return, eval_win = evaluate(agent, args, device, video)
+        experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
     writer.close()
+    experiment.print_summary(
+        run_dir, global_step, eval_return, eval_win, args.eval_episodes, model_path, training.interrupted
+    )
     episodic_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
     return result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win)
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
