@@ -38,6 +38,7 @@ MPE_IDS = [f"mpe-{s}{c}" for s in ("spread", "speaker-listener", "reference") fo
 LBF_IDS = [f"lbf-{t}" for t in ("8x8-2p-2f-coop", "2s-8x8-2p-2f-coop", "8x8-2p-3f", "10x10-3p-3f", "2s-10x10-3p-3f",
                                   "15x15-3p-5f", "15x15-4p-3f", "15x15-4p-5f")]  # fmt: skip
 RWARE_IDS = [f"rware-{t}" for t in ("tiny-2ag", "tiny-4ag", "small-2ag", "small-4ag")]
+GRF_IDS = [f"grf-academy_{s}" for s in ("3_vs_1_with_keeper", "pass_and_shoot_with_keeper", "counterattack_easy")]
 
 # family -> (module, its ids)
 FAMILIES = {
@@ -48,6 +49,7 @@ FAMILIES = {
     "mpe": ("envs.mpe", MPE_IDS),
     "lbf": ("envs.lbf", LBF_IDS),
     "rware": ("envs.rware", RWARE_IDS),
+    "grf": ("envs.grf", GRF_IDS),
 }
 
 

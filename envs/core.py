@@ -179,8 +179,9 @@ class ParallelEnvAdapter(gym.Env):
     Observation: dict(obs [N, obs_dim], state [state_dim], alive [N], avail [N, n_actions]
     (discrete)). Action: int [N] or float [N, act_dim], padded entries ignored.
     The team reward is the sum (`team_reward="sum"`) or mean of the agents' rewards.
-    On the last step of an episode, info["episode"] holds return, length and the episode's
-    mean of each metric that `step_metrics_fn(parallel_env)` returns after every step.
+    On the last step of an episode, info["episode"] holds return, length, the episode's
+    mean of each metric that `step_metrics_fn(parallel_env)` returns after every step, and the
+    metrics that `episode_metrics_fn(parallel_env)` returns on that last step (e.g. a win).
     """
 
     def __init__(
@@ -188,13 +189,14 @@ class ParallelEnvAdapter(gym.Env):
         make_parallel_env: Callable[[], Any],
         team_reward: str = "sum",
         step_metrics_fn: Callable[[Any], dict[str, float]] | None = None,
+        episode_metrics_fn: Callable[[Any], dict[str, float]] | None = None,
     ):
         self.env = make_parallel_env()
         self.agents = list(self.env.possible_agents)
         self.n_agents = len(self.agents)
         self.team_reward = np.sum if team_reward == "sum" else np.mean
         # per-step metrics are averaged over the episode (e.g. traffic waiting time)
-        self.step_metrics_fn = step_metrics_fn
+        self.step_metrics_fn, self.episode_metrics_fn = step_metrics_fn, episode_metrics_fn
         obs_spaces = [self.env.observation_space(a) for a in self.agents]
         act_spaces = [self.env.action_space(a) for a in self.agents]
         self.obs_dims = [int(np.prod(s.shape)) for s in obs_spaces]
@@ -294,6 +296,8 @@ class ParallelEnvAdapter(gym.Env):
         if terminated or truncated:
             episode = {"return": self._return, "length": self._length}
             episode.update({k: v / self._length for k, v in self._step_metrics.items()})
+            if self.episode_metrics_fn is not None:
+                episode.update(self.episode_metrics_fn(self.env))
             info["episode"] = episode
         return self._pack(obs, infos), reward, terminated, truncated, info
 
