@@ -17,7 +17,8 @@ are in info["agent_rewards"]. The state is the concatenation of the agents' obse
 An episode terminates on a goal, the ball going out of play or the other team winning the ball (the
 academy scenarios' end conditions), and is truncated after 400 steps (their `game_duration`).
 info["episode"]["win"] is 1 where the left team scored. Env e of a batch is seeded with seed + e:
-each episode's game-engine seed is drawn from that env's seeded generator.
+each episode's game-engine seed is drawn from that env's seeded generator. The engine itself is not
+reproducible: the same seed gives the same engine seeds, not always the same trajectories.
 
 gfootball is not installed by `pip install -r requirements.txt`: it builds a C++ engine from source.
 `INSTALL` below (and the error raised without it) says how; docs/lbf-rware.md records a build.
@@ -41,7 +42,7 @@ INSTALL = (
     "apt-get install git cmake build-essential pkg-config libgl1-mesa-dev libsdl2-dev libsdl2-image-dev "
     "libsdl2-ttf-dev libsdl2-gfx-dev libboost-python-dev libboost-system-dev libboost-filesystem-dev "
     "libboost-thread-dev libdirectfb-dev mesa-utils xvfb  &&  pip install psutil wheel setuptools six gym==0.25.2  "
-    "&&  pip install --no-build-isolation gfootball==2.10.2   (it compiles a C++ engine, ~5 minutes on 2 cores)"
+    "&&  pip install --no-build-isolation gfootball==2.10.2   (it compiles a C++ engine: ~5 minutes on 2 idle cores)"
 )
 
 
@@ -72,20 +73,21 @@ class FootballEnv(gym.Env):
         box = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
         self.observation_space = gym.spaces.Tuple([box] * self.n_agents)
         self.action_space = gym.spaces.Tuple([gym.spaces.Discrete(N_ACTIONS)] * self.n_agents)
-        self.steps, self.done, self.scored = 0, False, False
+        self.done, self.time_up, self.scored = False, False, False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         # gfootball reads the engine seed of the next episode from its config
         self.env.unwrapped._config.update({"game_engine_random_seed": int(self.np_random.integers(2**31 - 1))})
         obs = self.env.reset()
-        self.steps, self.done, self.scored = 0, False, False
+        self.done, self.time_up, self.scored = False, False, False
         return tuple(np.asarray(obs, np.float32)), {}
 
     def step(self, actions):
         obs, rewards, done, info = self.env.step(np.asarray(actions))
-        self.steps += 1
         self.done = bool(done)
+        # the game clock (it may run ahead of the env steps) says whether the game's time is up
+        self.time_up = self.env.unwrapped.observation()[0]["steps_left"] <= 0
         self.scored = self.scored or info["score_reward"] > 0
         return tuple(np.asarray(obs, np.float32)), list(np.asarray(rewards).reshape(-1)), done, False, info
 
@@ -94,7 +96,7 @@ class FootballEnv(gym.Env):
 
 
 def ended_before_time_up(env: FootballEnv) -> bool:
-    return env.done and env.steps < EPISODE_LIMIT
+    return env.done and not env.time_up
 
 
 def _make_adapter(env_id: str, rewards: str) -> ParallelEnvAdapter:
