@@ -17,6 +17,9 @@ BACKEND = {
     "mamujoco": "gymnasium-robotics mamujoco_v1 + mujoco",
     "smax": "JaxMARL SMAX (jax.jit + vmap)",
     "mpe": "mpe2",
+    "lbf": "lbforaging",
+    "rware": "rware",
+    "grf": "gfootball (built from source, optional)",
 }
 
 
@@ -37,4 +40,7 @@ if __name__ == "__main__":
     print("| id | agents | obs size per agent | state | actions per agent | episode steps | backend |")
     print("|---|---|---|---|---|---|---|")
     for env_id in envs.ids():
-        print(row(env_id), flush=True)
+        try:
+            print(row(env_id), flush=True)
+        except envs.MissingDependencyError:  # an optional backend that is not installed here
+            print(f"| `{env_id}` | not installed here | | | | | {BACKEND[envs.family(env_id)]} |", flush=True)

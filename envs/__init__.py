@@ -35,6 +35,10 @@ SMAX_MAPS = [
 ]  # fmt: skip
 SMAX_IDS = [f"smax-{m}" for m in SMAX_MAPS]
 MPE_IDS = [f"mpe-{s}{c}" for s in ("spread", "speaker-listener", "reference") for c in ("", "-continuous")]
+LBF_IDS = [f"lbf-{t}" for t in ("8x8-2p-2f-coop", "2s-8x8-2p-2f-coop", "8x8-2p-3f", "10x10-3p-3f", "2s-10x10-3p-3f",
+                                  "15x15-3p-5f", "15x15-4p-3f", "15x15-4p-5f")]  # fmt: skip
+RWARE_IDS = [f"rware-{t}" for t in ("tiny-2ag", "tiny-4ag", "small-2ag", "small-4ag")]
+GRF_IDS = [f"grf-academy_{s}" for s in ("3_vs_1_with_keeper", "pass_and_shoot_with_keeper", "counterattack_easy")]
 
 # family -> (module, its ids)
 FAMILIES = {
@@ -43,6 +47,9 @@ FAMILIES = {
     "mamujoco": ("envs.mamujoco", MAMUJOCO_IDS),
     "smax": ("envs.smax", SMAX_IDS),
     "mpe": ("envs.mpe", MPE_IDS),
+    "lbf": ("envs.lbf", LBF_IDS),
+    "rware": ("envs.rware", RWARE_IDS),
+    "grf": ("envs.grf", GRF_IDS),
 }
 
 

@@ -7,6 +7,8 @@ cooperative multi-agent task, stepped together, auto-resetting on the same step.
 observation is a dict of padded per-agent arrays, so that gymnasium's own vector envs
 (`SyncVectorEnv`, `AsyncVectorEnv`, both in same-step auto-reset mode) do the batching;
 `GymVectorMultiAgentEnv` puts the contract on top of such a vector env.
+`AgentTupleParallelEnv` makes a PettingZoo parallel env of a gymnasium env with one space and one
+reward per agent (EPyMARL's convention: LBF, RWARE), so the same machinery batches those too.
 """
 
 from __future__ import annotations
@@ -177,8 +179,9 @@ class ParallelEnvAdapter(gym.Env):
     Observation: dict(obs [N, obs_dim], state [state_dim], alive [N], avail [N, n_actions]
     (discrete)). Action: int [N] or float [N, act_dim], padded entries ignored.
     The team reward is the sum (`team_reward="sum"`) or mean of the agents' rewards.
-    On the last step of an episode, info["episode"] holds return, length and the episode's
-    mean of each metric that `step_metrics_fn(parallel_env)` returns after every step.
+    On the last step of an episode, info["episode"] holds return, length, the episode's
+    mean of each metric that `step_metrics_fn(parallel_env)` returns after every step, and the
+    metrics that `episode_metrics_fn(parallel_env)` returns on that last step (e.g. a win).
     """
 
     def __init__(
@@ -186,13 +189,14 @@ class ParallelEnvAdapter(gym.Env):
         make_parallel_env: Callable[[], Any],
         team_reward: str = "sum",
         step_metrics_fn: Callable[[Any], dict[str, float]] | None = None,
+        episode_metrics_fn: Callable[[Any], dict[str, float]] | None = None,
     ):
         self.env = make_parallel_env()
         self.agents = list(self.env.possible_agents)
         self.n_agents = len(self.agents)
         self.team_reward = np.sum if team_reward == "sum" else np.mean
         # per-step metrics are averaged over the episode (e.g. traffic waiting time)
-        self.step_metrics_fn = step_metrics_fn
+        self.step_metrics_fn, self.episode_metrics_fn = step_metrics_fn, episode_metrics_fn
         obs_spaces = [self.env.observation_space(a) for a in self.agents]
         act_spaces = [self.env.action_space(a) for a in self.agents]
         self.obs_dims = [int(np.prod(s.shape)) for s in obs_spaces]
@@ -213,7 +217,7 @@ class ParallelEnvAdapter(gym.Env):
         }
         if self.discrete:
             spaces["avail"] = gym.spaces.MultiBinary((self.n_agents, max(self.act_dims)))
-            # PettingZoo envs have no per-step masks: an agent's own actions are always available
+            # an agent's own actions are available, unless the env's infos[agent]["action_mask"] says otherwise
             self._avail = np.zeros((self.n_agents, max(self.act_dims)), np.int8)
             for i, n in enumerate(self.act_dims):
                 self._avail[i, :n] = 1
@@ -247,7 +251,7 @@ class ParallelEnvAdapter(gym.Env):
         state[:] = np.concatenate(parts)
         return state
 
-    def _pack(self, obs: dict) -> dict[str, np.ndarray]:
+    def _pack(self, obs: dict, infos: dict) -> dict[str, np.ndarray]:
         padded = np.zeros((self.n_agents, self.obs_dim), np.float32)
         alive = np.zeros(self.n_agents, np.int8)
         for i, a in enumerate(self.agents):
@@ -256,14 +260,17 @@ class ParallelEnvAdapter(gym.Env):
                 alive[i] = 1
         out = {"obs": padded, "state": self._state(obs), "alive": alive}
         if self.discrete:
-            out["avail"] = self._avail
+            out["avail"] = self._avail.copy()  # a new array: the vector env may keep it as final obs
+            for i, a in enumerate(self.agents):
+                if "action_mask" in infos.get(a, {}):
+                    out["avail"][i, : self.act_dims[i]] = infos[a]["action_mask"]
         return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        obs, _ = self.env.reset(seed=seed, options=options)
+        obs, infos = self.env.reset(seed=seed, options=options)
         self._return, self._length, self._step_metrics = 0.0, 0, {}
-        return self._pack(obs), {}
+        return self._pack(obs, infos), {}
 
     def step(self, action):
         if self.discrete:
@@ -274,7 +281,7 @@ class ParallelEnvAdapter(gym.Env):
                 for i, a in enumerate(self.agents)
                 if a in self.env.agents
             }
-        obs, rewards, terms, truncs, _ = self.env.step(actions)
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
         agent_rewards = np.array([rewards.get(a, 0.0) for a in self.agents], np.float32)
         reward = float(self.team_reward(agent_rewards))
         truncated = any(truncs.values()) and not any(terms.values())
@@ -289,8 +296,74 @@ class ParallelEnvAdapter(gym.Env):
         if terminated or truncated:
             episode = {"return": self._return, "length": self._length}
             episode.update({k: v / self._length for k, v in self._step_metrics.items()})
+            if self.episode_metrics_fn is not None:
+                episode.update(self.episode_metrics_fn(self.env))
             info["episode"] = episode
-        return self._pack(obs), reward, terminated, truncated, info
+        return self._pack(obs, infos), reward, terminated, truncated, info
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+# ------------------------------- gymnasium env with one entry per agent -> PettingZoo parallel
+class AgentTupleParallelEnv:
+    """A gymnasium env in EPyMARL's `gymma` convention (Tuple observation and action spaces and a
+    list of rewards, one entry per agent: LBF, RWARE) as a PettingZoo parallel env, so that
+    `ParallelEnvAdapter` can wrap it.
+
+    Such envs say only `done`; `terminal_fn(env)` tells whether the episode reached a terminal state
+    (else a `done`, or `episode_limit` steps, truncates it). `action_mask_fn(env)`, where given, returns
+    the actions available now, [N, n_actions] bool, passed on as infos[agent]["action_mask"].
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        episode_limit: int,
+        terminal_fn: Callable[[gym.Env], bool],
+        action_mask_fn: Callable[[gym.Env], np.ndarray] | None = None,
+    ):
+        self.env, self.episode_limit = env, episode_limit
+        self.terminal_fn, self.action_mask_fn = terminal_fn, action_mask_fn
+        self.possible_agents = [f"agent_{i}" for i in range(len(env.action_space))]
+        self.agents = list(self.possible_agents)
+        self._steps = 0
+
+    def observation_space(self, agent: str) -> gym.Space:
+        return self.env.observation_space[self.possible_agents.index(agent)]
+
+    def action_space(self, agent: str) -> gym.Space:
+        return self.env.action_space[self.possible_agents.index(agent)]
+
+    def state(self):
+        raise NotImplementedError  # the adapter concatenates the observations, as EPyMARL does
+
+    def _infos(self) -> dict:
+        if self.action_mask_fn is None:
+            return {a: {} for a in self.agents}
+        masks = self.action_mask_fn(self.env)
+        return {a: {"action_mask": m} for a, m in zip(self.agents, masks)}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, _ = self.env.reset(seed=seed, options=options)
+        self._steps = 0
+        return dict(zip(self.agents, obs)), self._infos()
+
+    def step(self, actions: dict):
+        obs, rewards, done, truncated, _ = self.env.step([actions[a] for a in self.agents])
+        self._steps += 1
+        terminal = bool(self.terminal_fn(self.env))
+        cut = not terminal and (bool(done) or bool(truncated) or self._steps >= self.episode_limit)
+        return (
+            dict(zip(self.agents, obs)),
+            dict(zip(self.agents, map(float, rewards))),
+            {a: terminal for a in self.agents},
+            {a: cut for a in self.agents},
+            self._infos(),
+        )
 
     def render(self):
         return self.env.render()

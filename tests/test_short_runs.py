@@ -44,6 +44,8 @@ CASES = [
     ("mpe-speaker-listener-continuous", {"share_params": False}),
     ("tsc-2x2", {}),
     ("smax-3m", {}),
+    ("lbf-8x8-2p-2f-coop", {}),
+    ("rware-tiny-2ag", {"env_options": ("episode_limit=50",)}),
 ]
 CONTINUOUS = {"product-game", "ant-2x4", "halfcheetah-6x1", "mpe-speaker-listener-continuous"}
 
