@@ -37,6 +37,7 @@ def tiny_args(algo: str, **overrides):
     module = importlib.import_module(algo)
     fields = {f.name for f in dataclasses.fields(module.Args)}
     values = {"env_id": "matrix-climbing", "total_timesteps": 64, "num_steps": 16, **TINY, **overrides}
+    values.setdefault("chunk_length", 8)  # recurrent files: whole chunks per rollout
     if algo == "maddpg":
         values.update(learning_starts=16, batch_size=8)
     return module, module.Args(**{k: v for k, v in values.items() if k in fields})
