@@ -14,7 +14,7 @@ import envs  # noqa: E402
 BACKEND = {
     "toy": "numpy (in-process, batched)",
     "tsc": "SUMO via sumo-rl + libsumo (a process per env)",
-    "mamujoco": "gymnasium-robotics mamujoco_v1 + mujoco",
+    "mamujoco": "mujoco, stepped directly (gymnasium-robotics mamujoco_v1: backend=gymnasium-robotics)",
     "smax": "JaxMARL SMAX (jax.jit + vmap)",
     "mpe": "mpe2",
     "lbf": "lbforaging",
