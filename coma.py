@@ -163,7 +163,7 @@ class Args:
     epsilon_anneal_steps: int = 50_000
     """env steps over which epsilon is annealed linearly"""
     ent_coef: float = 0.0
-    """coefficient of the entropy bonus (0: the paper; 0.01: better on smax-3m, fails on 2s3z: docs/benchmarks.md)"""
+    """coefficient of the entropy bonus (0: the paper; 0.01: better on smax-3m, fails on 2s3z: docs/smax.md)"""
     critic_last_action: bool = True
     """give the critic all agents' previous actions (as in the paper)"""
     max_grad_norm: float = 10.0

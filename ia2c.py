@@ -29,7 +29,7 @@ kept in every file of the family so that the four compare side by side):
   the batch (EPyMARL uses raw advantages).
 - Entropy coefficient 0.01 (EPyMARL's maa2c.yaml value) instead of ia2c.yaml's 0.001, so that
   IA2C and MAA2C differ only in their critic's input; with normalised advantages the bonus weighs
-  differently here anyway (docs/benchmarks.md, "SMAX 3m: why the A2C-style files stop near 48%").
+  differently here anyway (docs/smax.md, "SMAX 3m: why the A2C-style files stop near 48%").
 - No target critic (EPyMARL bootstraps from a soft-updated target critic, tau 0.01): GAE uses the
   critic's values from the rollout, as in A2C/PPO.
 - MLP networks instead of EPyMARL's GRU agents; input LayerNorm, orthogonal init (gain 0.01 on
@@ -116,11 +116,11 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda of GAE(lambda)"""
     norm_adv: bool = True
-    """if toggled, normalise the advantages per batch (off: better on smax-3m, fails on 2s3z: docs/benchmarks.md)"""
+    """if toggled, normalise the advantages per batch (off: better on smax-3m, fails on 2s3z: docs/smax.md)"""
     value_norm: bool = True
     """if toggled, normalise the value targets with running statistics (the MAPPO paper's ValueNorm)"""
     ent_coef: float = 0.01
-    """the coefficient of the entropy bonus (0.03: better on smax-3m, still wins smax-2s3z: docs/benchmarks.md)"""
+    """the coefficient of the entropy bonus (0.03: better on smax-3m, still wins smax-2s3z: docs/smax.md)"""
     vf_coef: float = 1.0
     """the coefficient of the value loss"""
     max_grad_norm: float = 10.0

@@ -112,11 +112,11 @@ class Args:
     gae_lambda: float = 0.95
     """the lambda of GAE(lambda)"""
     norm_adv: bool = True
-    """if toggled, normalise the advantages per batch (off: better on smax-3m, fails on 2s3z: docs/benchmarks.md)"""
+    """if toggled, normalise the advantages per batch (off: better on smax-3m, fails on 2s3z: docs/smax.md)"""
     value_norm: bool = True
     """if toggled, normalise the value targets with running statistics (the MAPPO paper's ValueNorm)"""
     ent_coef: float = 0.01
-    """the coefficient of the entropy bonus (0.03: better on smax-3m, still wins smax-2s3z: docs/benchmarks.md)"""
+    """the coefficient of the entropy bonus (0.03: better on smax-3m, still wins smax-2s3z: docs/smax.md)"""
     vf_coef: float = 1.0
     """the coefficient of the value loss"""
     max_grad_norm: float = 10.0

@@ -54,12 +54,12 @@ FAMILIES = {
 
 
 def ids() -> list[str]:
-    """Every env id that `make` accepts (real SMAC `smac-<map>` ids need StarCraft II, see README)."""
+    """Every env id that `make` accepts (real SMAC `smac-<map>` ids need StarCraft II, see docs/troubleshooting.md)."""
     return [i for _, family_ids in FAMILIES.values() for i in family_ids]
 
 
 def family(env_id: str) -> str:
-    """The family an id belongs to: toy, tsc, mamujoco, smax, smac or mpe."""
+    """The family an id belongs to: toy, tsc, mamujoco, smax, smac, mpe, lbf, rware or grf."""
     if env_id.startswith("smac-"):
         return "smac"
     for name, (_, family_ids) in FAMILIES.items():
