@@ -98,6 +98,31 @@ def test_happo_policy_loss_clips_the_m_weighted_ratio():
     assert loss.item() == pytest.approx(-(2.4 - 0.8) / 2)
 
 
+@pytest.mark.parametrize("state_type", ["EP", "FP"])
+def test_value_clip_window_is_centred_on_the_critics_rollout_output(state_type, tmp_path, monkeypatch):
+    """The clipped value loss clips around V_old = the critic's (normalised) output in the rollout,
+    so in the first critic minibatch, before any critic step, V_old equals the critic's output on
+    the same samples. Re-normalising the old values with the ValueNorm statistics updated by this
+    rollout's returns (the code before issue 51) moves the centre off it."""
+    monkeypatch.chdir(tmp_path)
+    calls, value_loss = [], happo.value_loss
+
+    def recording_value_loss(new_v, old_v, *rest):
+        calls.append((new_v.detach().clone(), old_v.clone()))
+        return value_loss(new_v, old_v, *rest)
+
+    monkeypatch.setattr(happo, "value_loss", recording_value_loss)
+    happo.train(happo.Args(
+        env_id="product-game", num_envs=4, num_steps=5, total_timesteps=20, critic_epochs=2, update_epochs=1,
+        eval_interval=0, eval_episodes=1, save_model=False, state_type=state_type,
+    ))  # fmt: skip
+    assert len(calls) == 2  # 2 epochs of one minibatch
+    new_v, old_v = calls[0]
+    assert old_v.shape == new_v.shape == ((20,) if state_type == "EP" else (20, 2))
+    torch.testing.assert_close(old_v, new_v)
+    assert not torch.allclose(calls[1][0], calls[1][1])  # the critic has moved since
+
+
 def test_gae_bootstraps_only_within_episodes():
     # T = 2, one env, gamma = 0.5, lambda = 1: r = [1, 2], V = [0.5, 1], V(s_2) = 4
     # episode ends at t = 0: A_0 = 1 - 0.5 = 0.5; A_1 = 2 + 0.5 * 4 - 1 = 3
