@@ -174,3 +174,83 @@ def test_learns_product_game_from_the_lectures_initialisation(algo, step_size, t
     )  # fmt: skip
     assert result["eval_return"] > 3.5
     assert result["episodic_return"] > 3.5
+
+
+# ------------------------------------------------------------------------ happo_rnn.py (issue 48)
+def test_rnn_m_factor_is_the_product_of_ratios_replayed_on_chunks(tmp_path, monkeypatch):
+    """happo_rnn.py on memory-cue (episodes of 4 steps: starts inside the chunks of 10): before
+    agent i_m's update, replaying its chunks from the stored hidden states gives back the rollout's
+    log-probs (ratio 1 on every sample); agent i_m is updated against M^{i_1:m} = A times the
+    replayed ratios of the agents updated before it."""
+    import happo_rnn
+
+    monkeypatch.chdir(tmp_path)
+    seen, update_agent = [], happo_rnn.update_agent
+
+    def recording_update_agent(agents, optims, data, args, stats, i, M):
+        before = happo_rnn.probability_ratio(agents, i, data)
+        ratio = update_agent(agents, optims, data, args, stats, i, M)
+        seen.append((M[..., i].clone(), before, ratio))
+        return ratio
+
+    monkeypatch.setattr(happo_rnn, "update_agent", recording_update_agent)
+    happo_rnn.train(happo_rnn.Args(
+        env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, total_timesteps=40, learning_rate=0.01,
+        eval_interval=0, eval_episodes=1, save_model=False,
+    ))  # fmt: skip
+    assert len(seen) == 2  # one iteration, two agents
+    A, product = seen[0][0], torch.ones_like(seen[0][0])
+    for M, before, ratio in seen:
+        assert M.shape == (10, 4)  # [chunk_length, chunks]: 2 envs x 20 steps in chunks of 10
+        torch.testing.assert_close(M, product * A)
+        torch.testing.assert_close(before, torch.ones_like(before), atol=1e-5, rtol=0)
+        assert not torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3)  # the update moved the policy
+        product = product * ratio
+
+
+def test_rnn_probability_ratio_is_one_for_dead_agents():
+    import envs
+    import happo_rnn
+
+    env = envs.make("matrix-climbing", num_envs=1)
+    agents = happo_rnn.HAAgents(env, happo_rnn.Args())
+    L, C, N = 2, 1, 2  # one chunk of 2 steps
+    data = {
+        "obs": torch.ones(L, C, N, 1), "avail": torch.ones(L, C, N, 3, dtype=torch.bool),
+        "act": torch.zeros(L, C, N, dtype=torch.long), "logp": torch.full((L, C, N), math.log(0.5)),
+        "alive": torch.tensor([[[True, True]], [[False, True]]]), "starts": torch.ones(L, C),
+        "h0": torch.zeros(C, N, agents.rnn_hidden_dim),
+    }  # fmt: skip
+    # the untrained policy is ~uniform (p ~ 1/3): ratio ~ (1/3) / 0.5 on the alive sample, 1 on the dead one
+    r = happo_rnn.probability_ratio(agents, 0, data)
+    assert r.shape == (L, C)
+    assert r[0, 0].item() == pytest.approx(2 / 3, abs=0.02) and r[1, 0].item() == 1.0
+
+
+def test_rnn_fp_critic_keeps_one_hidden_state_per_agent_and_replays_on_chunks():
+    """--state-type FP: V(s, o^i, i) with a hidden state per agent; stepping through a rollout gives
+    the values that the chunks give from the stored hidden states (the critic's training input)."""
+    import envs
+    import happo_rnn
+
+    torch.manual_seed(0)
+    env = envs.make("smax-3m", num_envs=1, seed=0)
+    env.close()
+    agents = happo_rnn.HAAgents(env, happo_rnn.Args(state_type="FP"))
+    T, E, N, L = 6, 2, env.n_agents, 3
+    state, obs = torch.randn(T, E, env.state_dim), torch.randn(T, E, N, env.obs_dim)
+    starts = torch.zeros(T, E)
+    starts[0], starts[4, 1] = 1.0, 1.0  # env 1's second episode starts inside the second chunk
+    h = agents.critic_hidden(E, "cpu")
+    assert h.shape == (E, N, agents.rnn_hidden_dim)
+    h_buf, values = [], []
+    with torch.no_grad():
+        for t in range(T):
+            h_buf.append(h)
+            v, h = agents.value(state[t][None], obs[t][None], h, starts[t][None])
+            values.append(v[0])
+        chunk = happo_rnn.to_chunks
+        c_values, _ = agents.value(chunk(state, L), chunk(obs, L), chunk(torch.stack(h_buf), L)[0], chunk(starts, L))
+    assert c_values.shape == (L, T // L * E, N)
+    torch.testing.assert_close(c_values, chunk(torch.stack(values), L), atol=1e-5, rtol=0)
+    assert not torch.allclose(values[1][:, 0], values[1][:, 1])  # each agent its own value
