@@ -10,7 +10,8 @@ stores the hidden states carried into each step; every update (each agent's PPO 
 ratio that enters the M factor, the critic) runs on chunks of `--chunk-length` consecutive steps
 (MAPPO's data_chunk_length 10) that start from the stored hidden state at the chunk's first step
 and reset it inside the chunk exactly where an episode starts; minibatches are made of whole
-chunks. Everything else is as in happo.py, described below.
+chunks; V(final state) of a truncated episode goes on from the critic's hidden state after the
+episode's last step. Everything else is as in happo.py, described below.
 
 In the lecture's terms:
 - actors: one Gaussian (continuous) or masked categorical (discrete) policy per agent, on the
@@ -32,8 +33,9 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   recurrent actor and critic have both hidden layers before the GRU and none after; 1 GRU layer.
 - The M factor's new/old ratio after an agent's update is replayed on the same chunks as its
   training, each from its stored initial hidden state; HARL replays each env's whole rollout from
-  the hidden state stored at its first step (`rnn_states[0:1]` in on_policy_ha_runner.py), so its
-  ratio drifts from the one the agent's update saw as the new policy's hidden states drift.
+  the hidden state stored at its first step (`rnn_states[0:1]` in on_policy_ha_runner.py) while
+  its agents train on chunks from stored states, so there the ratio in M is not the one the
+  agent's update saw.
 - Chunks never cross the end of an env's rollout (`--num-steps` must be a multiple of
   `--chunk-length`); HARL's recurrent generator cuts the rollouts of all envs laid end to end.
 - The Gaussian std is a learned state-independent exp(log_std), initialised at exp(-1) = 0.37;
@@ -56,10 +58,10 @@ Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), 
   updated, which the sequential scheme assumes fixed.
 - Dead agents (SMAX, batch["alive"] False) are left out of their actor loss and entropy (HARL's
   policy active masks), and their ratio is taken as 1 in the M factor.
-- Defaults are HARL's (num_envs 20, num_steps 200, 5 epochs, 1 minibatch, lr 5e-4, clip 0.2,
-  entropy 0.01, Huber(10) clipped value loss, 2x128 ReLU MLPs with LayerNorm); the default env is
-  the lecture's product game so that `python happo_rnn.py` learns within a minute on a CPU; the
-  other defaults are happo.py's.
+- Defaults are happo.py's, HARL's (num_envs 20, num_steps 200, 5 epochs, 1 minibatch, lr 5e-4,
+  clip 0.2, entropy 0.01, Huber(10) clipped value loss, 128-wide ReLU layers with LayerNorm), plus
+  a 64-wide GRU and chunks of 10 steps (the MAPPO paper's hidden_size and data_chunk_length, as in
+  mappo_rnn.py); the default env is the lecture's product game, as in happo.py.
 - `--init-mean` sets the initial mean of the Gaussian policies (the output bias), for the
   lecture's product-game example (agent 1 at -0.25, agent 2 at 0.25).
 """
