@@ -254,3 +254,17 @@ def test_rnn_fp_critic_keeps_one_hidden_state_per_agent_and_replays_on_chunks():
     assert c_values.shape == (L, T // L * E, N)
     torch.testing.assert_close(c_values, chunk(torch.stack(values), L), atol=1e-5, rtol=0)
     assert not torch.allclose(values[1][:, 0], values[1][:, 1])  # each agent its own value
+
+
+def test_rnn_checkpoint_keeps_its_network_sizes(tmp_path, monkeypatch):
+    """A model trained with other widths than the defaults evaluates with the default flags: the GRU's
+    width and the layers' come from the checkpoint (else the weights would not fit)."""
+    import happo_rnn
+
+    monkeypatch.chdir(tmp_path)
+    small = dict(env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, eval_interval=0, eval_episodes=2)
+    trained = happo_rnn.train(happo_rnn.Args(**small, total_timesteps=20, rnn_hidden_dim=8, hidden_dim=16))
+    saved = torch.load(trained["model_path"], weights_only=False)
+    assert saved["args"]["rnn_hidden_dim"] == 8 and saved["algo"] == "happo_rnn"
+    reloaded = happo_rnn.train(happo_rnn.Args(**small, checkpoint=trained["model_path"]))
+    assert reloaded["global_step"] == 0 and math.isfinite(reloaded["eval_return"])
