@@ -7,6 +7,7 @@ The heterogeneous-agent files (HAAgents: one actor per agent, `dist(i, ...)`, an
 `value(state, obs, ...)` has a hidden state [B, H], or [B, N, H] per agent with FP) are read through
 the adapters below, so that every test runs unchanged on both kinds of file."""
 
+import dataclasses
 import importlib
 import math
 from types import SimpleNamespace
@@ -23,6 +24,12 @@ RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn"]
 
 def load(name):
     return importlib.import_module(name)
+
+
+def make_args(m, **values):
+    """m.Args from the values it has fields for (hatrpo_rnn: critic_epochs, no update_epochs)."""
+    fields = {f.name for f in dataclasses.fields(m.Args)}
+    return m.Args(**{k: v for k, v in values.items() if k in fields})
 
 
 def agent_class(m):
@@ -197,9 +204,9 @@ def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_la
         monkeypatch.setattr(m, "Agent", RecordingAgent)
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda env_id, **kwargs: TruncatedMemoryCue(make(env_id, **kwargs)))
-    args = m.Args(
-        env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
-        eval_interval=0, eval_episodes=1, save_model=False,
+    args = make_args(
+        m, env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
+        critic_epochs=1, eval_interval=0, eval_episodes=1, save_model=False,
     )  # fmt: skip
     m.train(args)
     # one rollout of 10 steps, episodes of 4: the calls of steps 0-3, V(final state), steps 4-7,
@@ -220,8 +227,10 @@ def test_rollout_not_a_multiple_of_the_chunk_length_is_refused(algo):
     m = load(algo)
     with pytest.raises(ValueError, match="--num-steps 25 must be a multiple of --chunk-length 10"):
         m.train(m.Args(env_id="memory-cue", num_steps=25, chunk_length=10))
-    with pytest.raises(ValueError, match="--num-minibatches 5 exceeds the number of chunks per rollout"):
-        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, num_minibatches=5))
+    flag = "num_minibatches" if hasattr(m.Args, "num_minibatches") else "critic_num_minibatches"  # hatrpo_rnn
+    message = f"--{flag.replace('_', '-')} 5 (exceeds|must be between 1 and) the number of chunks per rollout"
+    with pytest.raises(ValueError, match=message):
+        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, **{flag: 5}))
 
 
 # ---------------------------------------------------------------------------------- learning
