@@ -526,6 +526,7 @@ def train(args: Args) -> dict:
         act_buf = torch.zeros((T, E, N, env.act_dim), **f32)
     logp_buf = torch.zeros((T, E, N), **f32)
     per_agent = (N,) if agents.per_agent_values else ()  # FP: values, rewards and ends once per agent
+    v_out_buf = torch.zeros((T, E, *per_agent), **f32)  # the critic's (normalised) outputs: the value-clip centre
     value_buf = torch.zeros((T, E, *per_agent), **f32)  # denormalised V(s_t) (or V(s_t, o^i_t, i))
     reward_buf = torch.zeros((T, E, *per_agent), **f32)
     done_buf = torch.zeros((T, E, *per_agent), **f32)
@@ -552,7 +553,8 @@ def train(args: Args) -> dict:
                 avail_buf[t] = avail
             actions, logp = agents.act(obs, avail)
             with torch.no_grad():
-                value_buf[t] = value_norm.denormalize(agents.value(state, obs))
+                v_out_buf[t] = agents.value(state, obs)
+            value_buf[t] = value_norm.denormalize(v_out_buf[t])
             act_buf[t], logp_buf[t] = actions, logp
             actions = actions.cpu().numpy()
             if not env.discrete:
@@ -613,9 +615,11 @@ def train(args: Args) -> dict:
 
         # ----------------------------------------------------- line 14: the critic, after the actors
         b_state, b_returns = state_buf.reshape(B, -1), returns.reshape(B, *per_agent)
+        # the clip window is centred on the critic's rollout outputs (HARL's value_preds), not on the
+        # old values re-normalised with the statistics updated below
+        b_old_v = v_out_buf.reshape(B, *per_agent)
         value_norm.update(b_returns)
         b_targets = value_norm.normalize(b_returns)
-        b_old_v = value_norm.normalize(value_buf.reshape(B, *per_agent))
         critic_mb = B // args.critic_num_minibatches
         v_losses = []
         for _ in range(args.critic_epochs):

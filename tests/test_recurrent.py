@@ -1,8 +1,13 @@
-"""The recurrent variants mappo_rnn.py and ippo_rnn.py (issue 48): the chunking of a rollout, the
-masked GRU step, the replay of stored hidden states in training, and learning the memory-cue task
-that no feed-forward policy can beat chance on. Short runs on every env family, saving and
-reloading are in tests/test_short_runs.py."""
+"""The recurrent variants mappo_rnn.py, ippo_rnn.py and happo_rnn.py (issue 48): the chunking of a
+rollout, the masked GRU step, the replay of stored hidden states in training, and learning the
+memory-cue task that no feed-forward policy can beat chance on. Short runs on every env family,
+saving and reloading are in tests/test_short_runs.py.
 
+The heterogeneous-agent files (HAAgents: one actor per agent, `dist(i, ...)`, and one critic whose
+`value(state, obs, ...)` has a hidden state [B, H], or [B, N, H] per agent with FP) are read through
+the adapters below, so that every test runs unchanged on both kinds of file."""
+
+import dataclasses
 import importlib
 import math
 from types import SimpleNamespace
@@ -10,14 +15,49 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import envs
 
-RNN = ["mappo_rnn", "ippo_rnn"]
+RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn"]
 
 
 def load(name):
     return importlib.import_module(name)
+
+
+def make_args(m, **values):
+    """m.Args from the values it has fields for (hatrpo_rnn: critic_epochs, no update_epochs)."""
+    fields = {f.name for f in dataclasses.fields(m.Args)}
+    return m.Args(**{k: v for k, v in values.items() if k in fields})
+
+
+def agent_class(m):
+    """The class holding the networks: Agent (mappo_rnn, ippo_rnn) or HAAgents (happo_rnn)."""
+    return m.HAAgents if hasattr(m, "HAAgents") else m.Agent
+
+
+def zero_hidden(agent, B: int):
+    """The actors' and the critic's hidden states of B envs at the start of episodes."""
+    H = agent.rnn_hidden_dim
+    critic_h = agent.critic_hidden(B, "cpu") if hasattr(agent, "critic_hidden") else torch.zeros(B, agent.n_agents, H)
+    return torch.zeros(B, agent.n_agents, H), critic_h
+
+
+def policy_and_values(agent, obs, avail, state, actor_h, critic_h, starts):
+    """On sequences [L, B, ...] from the hidden states carried in: the logits [L, B, N, n_actions] (padded
+    with 0), the values [L, B, ...], and the actors' and the critic's hidden states after the last step."""
+    if not hasattr(agent, "critic_hidden"):  # Agent: a joint policy; the critic on the state (MAPPO) or obs (IPPO)
+        dist, actor_h = agent.dist(obs, avail, actor_h, starts)
+        values, critic_h = agent.get_value(state if state is not None else obs, critic_h, starts)
+        return dist.logits, values, actor_h, critic_h
+    logits, hs = [], []
+    for i in range(agent.n_agents):
+        dist, h = agent.dist(i, obs[:, :, i], avail[:, :, i], actor_h[:, i], starts)
+        logits.append(F.pad(dist.logits, (0, avail.shape[-1] - dist.logits.shape[-1])))
+        hs.append(h)
+    values, critic_h = agent.value(state, obs, critic_h, starts)
+    return torch.stack(logits, 2), values, torch.stack(hs, 1), critic_h
 
 
 # ---------------------------------------------------------------------------------- chunking
@@ -80,42 +120,42 @@ def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
     m = load(algo)
     torch.manual_seed(0)
     env = tiny_env()
-    agent = m.Agent(env, m.Args(share_params=share))
-    T, E, N, L, H = 8, 3, 2, 4, agent.rnn_hidden_dim
+    agent = agent_class(m)(env, m.Args(share_params=share))
+    T, E, N, L = 8, 3, 2, 4
     obs, state = torch.randn(T, E, N, env.obs_dim), torch.randn(T, E, env.state_dim)
     avail = torch.ones(T, E, N, env.n_actions, dtype=torch.bool)
     starts = torch.zeros(T, E)
     starts[0] = 1.0
     starts[2, 0] = starts[5, 1] = starts[4, 2] = 1.0  # episode starts inside chunks and at a chunk's start
-    critic_in = state if algo == "mappo_rnn" else obs
-    actor_h, critic_h = torch.zeros(E, N, H), torch.zeros(E, N, H)
+    if algo == "ippo_rnn":
+        state = None  # IPPO's critics read the observations
+    actor_h, critic_h = zero_hidden(agent, E)
     actor_h_buf, critic_h_buf, logits, values = [], [], [], []
     with torch.no_grad():
         for t in range(T):
             actor_h_buf.append(actor_h)
             critic_h_buf.append(critic_h)
-            dist, actor_h = agent.dist(obs[t][None], avail[t][None], actor_h, starts[t][None])
-            value, critic_h = agent.get_value(critic_in[t][None], critic_h, starts[t][None])
-            logits.append(dist.logits[0])
+            step_logits, value, actor_h, critic_h = policy_and_values(
+                agent, obs[t][None], avail[t][None], None if state is None else state[t][None], actor_h, critic_h,
+                starts[t][None],
+            )  # fmt: skip
+            logits.append(step_logits[0])
             values.append(value[0])
-        c_dist, _ = agent.dist(
-            m.to_chunks(obs, L),
-            m.to_chunks(avail, L),
-            m.to_chunks(torch.stack(actor_h_buf), L)[0],
+        c_logits, c_values, _, _ = policy_and_values(
+            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
+            m.to_chunks(torch.stack(actor_h_buf), L)[0], m.to_chunks(torch.stack(critic_h_buf), L)[0],
             m.to_chunks(starts, L),
-        )
-        c_values, _ = agent.get_value(
-            m.to_chunks(critic_in, L), m.to_chunks(torch.stack(critic_h_buf), L)[0], m.to_chunks(starts, L)
-        )
-    assert torch.allclose(c_dist.logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
+        )  # fmt: skip
+        # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
+        # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
+        z_logits, _, _, _ = policy_and_values(
+            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
+            *zero_hidden(agent, 2 * E), m.to_chunks(starts, L),
+        )  # fmt: skip
+    assert torch.allclose(c_logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
     assert torch.allclose(c_values, m.to_chunks(torch.stack(values), L), atol=1e-5)
-    # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
-    # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
-    z_dist, _ = agent.dist(
-        m.to_chunks(obs, L), m.to_chunks(avail, L), torch.zeros(2 * E, N, H), m.to_chunks(starts, L)
-    )  # fmt: skip
-    assert not torch.allclose(z_dist.logits[0, E : E + 2], c_dist.logits[0, E : E + 2], atol=1e-3)
-    assert torch.allclose(z_dist.logits[:, E + 2], c_dist.logits[:, E + 2], atol=1e-5)
+    assert not torch.allclose(z_logits[0, E : E + 2], c_logits[0, E : E + 2], atol=1e-3)
+    assert torch.allclose(z_logits[:, E + 2], c_logits[:, E + 2], atol=1e-5)
 
 
 class TruncatedMemoryCue:
@@ -141,19 +181,32 @@ def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_la
     m = load(algo)
     calls = []  # (h carried in, starts, h after) of every one-step critic call in the rollout
 
-    class RecordingAgent(m.Agent):
-        def get_value(self, x, h, starts):
-            value, h_after = super().get_value(x, h, starts)
-            if x.shape[0] == 1:
-                calls.append((h.clone(), starts.clone(), h_after.clone()))
-            return value, h_after
+    def record(value, h, starts, h_after, steps):
+        if steps == 1:
+            calls.append((h.clone(), starts.clone(), h_after.clone()))
+        return value, h_after
 
-    monkeypatch.setattr(m, "Agent", RecordingAgent)
+    if hasattr(m, "HAAgents"):
+
+        class RecordingHAAgents(m.HAAgents):
+            def value(self, state, obs, h, starts):
+                value, h_after = super().value(state, obs, h, starts)
+                return record(value, h, starts, h_after, state.shape[0])
+
+        monkeypatch.setattr(m, "HAAgents", RecordingHAAgents)
+    else:
+
+        class RecordingAgent(m.Agent):
+            def get_value(self, x, h, starts):
+                value, h_after = super().get_value(x, h, starts)
+                return record(value, h, starts, h_after, x.shape[0])
+
+        monkeypatch.setattr(m, "Agent", RecordingAgent)
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda env_id, **kwargs: TruncatedMemoryCue(make(env_id, **kwargs)))
-    args = m.Args(
-        env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
-        eval_interval=0, eval_episodes=1, save_model=False,
+    args = make_args(
+        m, env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
+        critic_epochs=1, eval_interval=0, eval_episodes=1, save_model=False,
     )  # fmt: skip
     m.train(args)
     # one rollout of 10 steps, episodes of 4: the calls of steps 0-3, V(final state), steps 4-7,
@@ -174,8 +227,10 @@ def test_rollout_not_a_multiple_of_the_chunk_length_is_refused(algo):
     m = load(algo)
     with pytest.raises(ValueError, match="--num-steps 25 must be a multiple of --chunk-length 10"):
         m.train(m.Args(env_id="memory-cue", num_steps=25, chunk_length=10))
-    with pytest.raises(ValueError, match="--num-minibatches 5 exceeds the number of chunks per rollout"):
-        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, num_minibatches=5))
+    flag = "num_minibatches" if hasattr(m.Args, "num_minibatches") else "critic_num_minibatches"  # hatrpo_rnn
+    message = f"--{flag.replace('_', '-')} 5 (exceeds|must be between 1 and) the number of chunks per rollout"
+    with pytest.raises(ValueError, match=message):
+        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, **{flag: 5}))
 
 
 # ---------------------------------------------------------------------------------- learning
