@@ -82,3 +82,32 @@ def test_line_search_takes_the_first_acceptable_step_or_keeps_the_old_parameters
     new, accepted, j, _, _ = hatrpo.line_search(never, params, full_step, 1.0, args)
     assert not accepted and j == 4 and len(tried) == 4
     torch.testing.assert_close(new, params)
+
+
+@pytest.mark.parametrize("state_type", ["EP", "FP"])
+def test_value_clip_window_is_centred_on_the_critics_rollout_output(state_type, tmp_path, monkeypatch):
+    """The clipped value loss clips around the critic's output at rollout time (HARL, on-policy, MAT),
+    not around the stored value re-normalised with the statistics updated on this rollout's returns.
+    The critic trains after the actors, so at its first minibatch it is still the rollout's critic:
+    its output new_v and the clip centre old_v must agree. matrix-climbing's returns (up to 11) move
+    the ValueNorm statistics far from their initial (0, 1), so the re-normalised values would not."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def recording_value_loss(new_v, old_v, *rest):
+        calls.append((new_v.detach().clone(), old_v.clone()))
+        return value_loss(new_v, old_v, *rest)
+
+    value_loss = hatrpo.value_loss
+    monkeypatch.setattr(hatrpo, "value_loss", recording_value_loss)
+    args = hatrpo.Args(
+        env_id="matrix-climbing", num_envs=4, num_steps=8, total_timesteps=64, critic_epochs=2, eval_interval=0,
+        eval_episodes=1, save_model=False, state_type=state_type,
+    )  # fmt: skip
+    hatrpo.train(args)
+    assert len(calls) == 2 * 2  # 2 iterations x 2 epochs x 1 minibatch
+    for first in (0, 2):  # the first critic minibatch of each iteration
+        new_v, old_v = calls[first]
+        torch.testing.assert_close(old_v, new_v, atol=1e-5, rtol=1e-5)
+    # the second epoch's critic has moved: the centre stays the rollout's output
+    assert not torch.allclose(calls[1][0], calls[1][1], atol=1e-5)
