@@ -1,13 +1,17 @@
-"""HATRPO (hatrpo.py): conjugate gradient, the Fisher-vector product and the line search.
+"""HATRPO (hatrpo.py): conjugate gradient, the Fisher-vector product and the line search; the
+value clip of hatrpo.py and hatrpo_rnn.py.
 
 (The M factor chain and the product-game learning test, shared with HAPPO, are in test_happo.py.)
 """
+
+import dataclasses
 
 import pytest
 import torch
 from torch.func import functional_call
 
 import hatrpo
+import hatrpo_rnn
 
 
 def test_conjugate_gradient_solves_a_small_spd_system():
@@ -85,12 +89,14 @@ def test_line_search_takes_the_first_acceptable_step_or_keeps_the_old_parameters
 
 
 @pytest.mark.parametrize("state_type", ["EP", "FP"])
-def test_value_clip_window_is_centred_on_the_critics_rollout_output(state_type, tmp_path, monkeypatch):
+@pytest.mark.parametrize("module", [hatrpo, hatrpo_rnn], ids=["hatrpo", "hatrpo_rnn"])
+def test_value_clip_window_is_centred_on_the_critics_rollout_output(module, state_type, tmp_path, monkeypatch):
     """The clipped value loss clips around the critic's output at rollout time (HARL, on-policy, MAT),
     not around the stored value re-normalised with the statistics updated on this rollout's returns.
     The critic trains after the actors, so at its first minibatch it is still the rollout's critic:
-    its output new_v and the clip centre old_v must agree. matrix-climbing's returns (up to 11) move
-    the ValueNorm statistics far from their initial (0, 1), so the re-normalised values would not."""
+    its output new_v (hatrpo_rnn: replayed over chunks from the stored hidden states) and the clip
+    centre old_v must agree. matrix-climbing's returns (up to 11) move the ValueNorm statistics far
+    from their initial (0, 1), so the re-normalised values would not."""
     monkeypatch.chdir(tmp_path)
     calls = []
 
@@ -98,13 +104,14 @@ def test_value_clip_window_is_centred_on_the_critics_rollout_output(state_type, 
         calls.append((new_v.detach().clone(), old_v.clone()))
         return value_loss(new_v, old_v, *rest)
 
-    value_loss = hatrpo.value_loss
-    monkeypatch.setattr(hatrpo, "value_loss", recording_value_loss)
-    args = hatrpo.Args(
-        env_id="matrix-climbing", num_envs=4, num_steps=8, total_timesteps=64, critic_epochs=2, eval_interval=0,
-        eval_episodes=1, save_model=False, state_type=state_type,
+    value_loss = module.value_loss
+    monkeypatch.setattr(module, "value_loss", recording_value_loss)
+    values = dict(
+        env_id="matrix-climbing", num_envs=4, num_steps=8, chunk_length=4, total_timesteps=64, critic_epochs=2,
+        eval_interval=0, eval_episodes=1, save_model=False, state_type=state_type,
     )  # fmt: skip
-    hatrpo.train(args)
+    fields = {f.name for f in dataclasses.fields(module.Args)}
+    module.train(module.Args(**{k: v for k, v in values.items() if k in fields}))
     assert len(calls) == 2 * 2  # 2 iterations x 2 epochs x 1 minibatch
     for first in (0, 2):  # the first critic minibatch of each iteration
         new_v, old_v = calls[first]
