@@ -1,8 +1,9 @@
-"""The recurrent variants mappo_rnn.py and ippo_rnn.py (issue 48): the chunking of a rollout, the
+"""The recurrent variants mappo_rnn.py, ippo_rnn.py and hatrpo_rnn.py (issue 48): the chunking of a rollout, the
 masked GRU step, the replay of stored hidden states in training, and learning the memory-cue task
 that no feed-forward policy can beat chance on. Short runs on every env family, saving and
 reloading are in tests/test_short_runs.py."""
 
+import dataclasses
 import importlib
 import math
 from types import SimpleNamespace
@@ -10,14 +11,49 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import envs
 
 RNN = ["mappo_rnn", "ippo_rnn"]
+RNN += ["hatrpo_rnn"]
 
 
 def load(name):
     return importlib.import_module(name)
+
+
+def make_args(m, **values):
+    """m.Args from the values it has fields for (hatrpo_rnn: critic_epochs, no update_epochs)."""
+    fields = {f.name for f in dataclasses.fields(m.Args)}
+    return m.Args(**{k: v for k, v in values.items() if k in fields})
+
+
+def heterogeneous_agent(m) -> bool:
+    """True for HAAgents (hatrpo_rnn: one call per agent's actor, and one centralised V(s) with one
+    hidden state per env), False for Agent (mappo_rnn, ippo_rnn: every agent's network in one call)."""
+    return hasattr(m, "HAAgents")
+
+
+def agent_class(m):
+    return m.HAAgents if heterogeneous_agent(m) else m.Agent
+
+
+def run_sequences(m, agent, obs, avail, state, actor_h, critic_h, starts):
+    """The file's actors and critic on sequences [L, B, ...] from the hidden states carried in: the
+    logits [L, B, N, n_actions] (an agent with fewer actions zero padded), the values, and the actor
+    and critic hidden states after the last step."""
+    if not heterogeneous_agent(m):
+        dist, actor_h = agent.dist(obs, avail, actor_h, starts)
+        values, critic_h = agent.get_value(state if m.__name__ == "mappo_rnn" else obs, critic_h, starts)
+        return dist.logits, values, actor_h, critic_h
+    logits, hs = [], []
+    for i in range(agent.n_agents):
+        dist, h = agent.dist(i, obs[:, :, i], avail[:, :, i], actor_h[:, i], starts)
+        logits.append(F.pad(dist.logits, (0, avail.shape[-1] - dist.logits.shape[-1])))
+        hs.append(h)
+    values, critic_h = agent.value(state, obs, critic_h, starts)
+    return torch.stack(logits, 2), values, torch.stack(hs, 1), critic_h
 
 
 # ---------------------------------------------------------------------------------- chunking
@@ -80,42 +116,37 @@ def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
     m = load(algo)
     torch.manual_seed(0)
     env = tiny_env()
-    agent = m.Agent(env, m.Args(share_params=share))
+    agent = agent_class(m)(env, m.Args(share_params=share))
     T, E, N, L, H = 8, 3, 2, 4, agent.rnn_hidden_dim
     obs, state = torch.randn(T, E, N, env.obs_dim), torch.randn(T, E, env.state_dim)
     avail = torch.ones(T, E, N, env.n_actions, dtype=torch.bool)
     starts = torch.zeros(T, E)
     starts[0] = 1.0
     starts[2, 0] = starts[5, 1] = starts[4, 2] = 1.0  # episode starts inside chunks and at a chunk's start
-    critic_in = state if algo == "mappo_rnn" else obs
-    actor_h, critic_h = torch.zeros(E, N, H), torch.zeros(E, N, H)
+    actor_h = torch.zeros(E, N, H)
+    critic_h = torch.zeros(E, H) if heterogeneous_agent(m) else torch.zeros(E, N, H)  # V(s): one per env
     actor_h_buf, critic_h_buf, logits, values = [], [], [], []
     with torch.no_grad():
         for t in range(T):
             actor_h_buf.append(actor_h)
             critic_h_buf.append(critic_h)
-            dist, actor_h = agent.dist(obs[t][None], avail[t][None], actor_h, starts[t][None])
-            value, critic_h = agent.get_value(critic_in[t][None], critic_h, starts[t][None])
-            logits.append(dist.logits[0])
+            step = (obs[t][None], avail[t][None], state[t][None])
+            logits_t, value, actor_h, critic_h = run_sequences(m, agent, *step, actor_h, critic_h, starts[t][None])
+            logits.append(logits_t[0])
             values.append(value[0])
-        c_dist, _ = agent.dist(
-            m.to_chunks(obs, L),
-            m.to_chunks(avail, L),
-            m.to_chunks(torch.stack(actor_h_buf), L)[0],
-            m.to_chunks(starts, L),
+        chunks = (m.to_chunks(obs, L), m.to_chunks(avail, L), m.to_chunks(state, L))
+        actor_h0 = m.to_chunks(torch.stack(actor_h_buf), L)[0]
+        critic_h0 = m.to_chunks(torch.stack(critic_h_buf), L)[0]
+        c_logits, c_values, _, _ = run_sequences(m, agent, *chunks, actor_h0, critic_h0, m.to_chunks(starts, L))
+        # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
+        # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
+        z_logits, _, _, _ = run_sequences(
+            m, agent, *chunks, torch.zeros_like(actor_h0), critic_h0, m.to_chunks(starts, L)
         )
-        c_values, _ = agent.get_value(
-            m.to_chunks(critic_in, L), m.to_chunks(torch.stack(critic_h_buf), L)[0], m.to_chunks(starts, L)
-        )
-    assert torch.allclose(c_dist.logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
+    assert torch.allclose(c_logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
     assert torch.allclose(c_values, m.to_chunks(torch.stack(values), L), atol=1e-5)
-    # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
-    # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
-    z_dist, _ = agent.dist(
-        m.to_chunks(obs, L), m.to_chunks(avail, L), torch.zeros(2 * E, N, H), m.to_chunks(starts, L)
-    )  # fmt: skip
-    assert not torch.allclose(z_dist.logits[0, E : E + 2], c_dist.logits[0, E : E + 2], atol=1e-3)
-    assert torch.allclose(z_dist.logits[:, E + 2], c_dist.logits[:, E + 2], atol=1e-5)
+    assert not torch.allclose(z_logits[0, E : E + 2], c_logits[0, E : E + 2], atol=1e-3)
+    assert torch.allclose(z_logits[:, E + 2], c_logits[:, E + 2], atol=1e-5)
 
 
 class TruncatedMemoryCue:
@@ -140,20 +171,22 @@ def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_la
     monkeypatch.chdir(tmp_path)
     m = load(algo)
     calls = []  # (h carried in, starts, h after) of every one-step critic call in the rollout
+    cls = agent_class(m)
+    method = "value" if heterogeneous_agent(m) else "get_value"  # (state, obs, h, starts) or (x, h, starts)
 
-    class RecordingAgent(m.Agent):
-        def get_value(self, x, h, starts):
-            value, h_after = super().get_value(x, h, starts)
-            if x.shape[0] == 1:
-                calls.append((h.clone(), starts.clone(), h_after.clone()))
-            return value, h_after
+    def recording(self, x, *rest):
+        value, h_after = getattr(cls, method)(self, x, *rest)
+        h, starts = rest[-2:]
+        if x.shape[0] == 1:
+            calls.append((h.clone(), starts.clone(), h_after.clone()))
+        return value, h_after
 
-    monkeypatch.setattr(m, "Agent", RecordingAgent)
+    monkeypatch.setattr(m, cls.__name__, type("RecordingAgent", (cls,), {method: recording}))
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda env_id, **kwargs: TruncatedMemoryCue(make(env_id, **kwargs)))
-    args = m.Args(
-        env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
-        eval_interval=0, eval_episodes=1, save_model=False,
+    args = make_args(
+        m, env_id="memory-cue", num_envs=2, num_steps=10, chunk_length=5, total_timesteps=20, update_epochs=1,
+        critic_epochs=1, eval_interval=0, eval_episodes=1, save_model=False,
     )  # fmt: skip
     m.train(args)
     # one rollout of 10 steps, episodes of 4: the calls of steps 0-3, V(final state), steps 4-7,
@@ -174,8 +207,10 @@ def test_rollout_not_a_multiple_of_the_chunk_length_is_refused(algo):
     m = load(algo)
     with pytest.raises(ValueError, match="--num-steps 25 must be a multiple of --chunk-length 10"):
         m.train(m.Args(env_id="memory-cue", num_steps=25, chunk_length=10))
-    with pytest.raises(ValueError, match="--num-minibatches 5 exceeds the number of chunks per rollout"):
-        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, num_minibatches=5))
+    flag = "num_minibatches" if hasattr(m.Args, "num_minibatches") else "critic_num_minibatches"  # hatrpo_rnn
+    message = f"--{flag.replace('_', '-')} 5 (exceeds|must be between 1 and) the number of chunks per rollout"
+    with pytest.raises(ValueError, match=message):
+        m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, **{flag: 5}))
 
 
 # ---------------------------------------------------------------------------------- learning
