@@ -345,6 +345,11 @@ class HAAgents(nn.Module):
         value, h = self.critic(x.flatten(1, 2), h.flatten(0, 1), starts.repeat_interleave(N, dim=1))
         return value.view(L, B, N), h.view(B, N, -1)
 
+    def critic_hidden(self, B: int, device) -> torch.Tensor:
+        """The critic's initial hidden state for B envs: [B, H], or [B, N, H] with FP."""
+        per_agent = (self.n_agents,) if self.per_agent_values else ()
+        return torch.zeros((B, *per_agent, self.rnn_hidden_dim), device=device)
+
     @torch.no_grad()
     def act(self, obs, avail, h, start, greedy=False):
         """One step: obs [E, N, obs_dim], actor h [E, N, H] carried in, start [E] (1 at an episode's first
@@ -742,7 +747,7 @@ def train(args: Args) -> dict:
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     batch = env.reset()
     actor_h = torch.zeros((E, N, H), **f32)
-    critic_h = torch.zeros((E, *per_agent, H), **f32)
+    critic_h = agents.critic_hidden(E, device)
     start = torch.ones(E, **f32)
     for iteration in range(1, args.num_iterations + 1):
         if args.anneal_lr:

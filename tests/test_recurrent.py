@@ -1,7 +1,11 @@
-"""The recurrent variants mappo_rnn.py, ippo_rnn.py and hatrpo_rnn.py (issue 48): the chunking of a rollout, the
-masked GRU step, the replay of stored hidden states in training, and learning the memory-cue task
-that no feed-forward policy can beat chance on. Short runs on every env family, saving and
-reloading are in tests/test_short_runs.py."""
+"""The recurrent variants mappo_rnn.py, ippo_rnn.py and hatrpo_rnn.py (issue 48): the chunking of a
+rollout, the masked GRU step, the replay of stored hidden states in training, and learning the
+memory-cue task that no feed-forward policy can beat chance on. Short runs on every env family,
+saving and reloading are in tests/test_short_runs.py.
+
+The heterogeneous-agent files (HAAgents: one actor per agent, `dist(i, ...)`, and one critic whose
+`value(state, obs, ...)` has a hidden state [B, H], or [B, N, H] per agent with FP) are read through
+the adapters below, so that every test runs unchanged on both kinds of file."""
 
 import dataclasses
 import importlib
@@ -15,8 +19,7 @@ import torch.nn.functional as F
 
 import envs
 
-RNN = ["mappo_rnn", "ippo_rnn"]
-RNN += ["hatrpo_rnn"]
+RNN = ["mappo_rnn", "ippo_rnn", "hatrpo_rnn"]
 
 
 def load(name):
@@ -29,23 +32,24 @@ def make_args(m, **values):
     return m.Args(**{k: v for k, v in values.items() if k in fields})
 
 
-def heterogeneous_agent(m) -> bool:
-    """True for HAAgents (hatrpo_rnn: one call per agent's actor, and one centralised V(s) with one
-    hidden state per env), False for Agent (mappo_rnn, ippo_rnn: every agent's network in one call)."""
-    return hasattr(m, "HAAgents")
-
-
 def agent_class(m):
-    return m.HAAgents if heterogeneous_agent(m) else m.Agent
+    """The class holding the networks: Agent (mappo_rnn, ippo_rnn) or HAAgents (hatrpo_rnn)."""
+    return m.HAAgents if hasattr(m, "HAAgents") else m.Agent
 
 
-def run_sequences(m, agent, obs, avail, state, actor_h, critic_h, starts):
-    """The file's actors and critic on sequences [L, B, ...] from the hidden states carried in: the
-    logits [L, B, N, n_actions] (an agent with fewer actions zero padded), the values, and the actor
-    and critic hidden states after the last step."""
-    if not heterogeneous_agent(m):
+def zero_hidden(agent, B: int):
+    """The actors' and the critic's hidden states of B envs at the start of episodes."""
+    H = agent.rnn_hidden_dim
+    critic_h = agent.critic_hidden(B, "cpu") if hasattr(agent, "critic_hidden") else torch.zeros(B, agent.n_agents, H)
+    return torch.zeros(B, agent.n_agents, H), critic_h
+
+
+def policy_and_values(agent, obs, avail, state, actor_h, critic_h, starts):
+    """On sequences [L, B, ...] from the hidden states carried in: the logits [L, B, N, n_actions] (padded
+    with 0), the values [L, B, ...], and the actors' and the critic's hidden states after the last step."""
+    if not hasattr(agent, "critic_hidden"):  # Agent: a joint policy; the critic on the state (MAPPO) or obs (IPPO)
         dist, actor_h = agent.dist(obs, avail, actor_h, starts)
-        values, critic_h = agent.get_value(state if m.__name__ == "mappo_rnn" else obs, critic_h, starts)
+        values, critic_h = agent.get_value(state if state is not None else obs, critic_h, starts)
         return dist.logits, values, actor_h, critic_h
     logits, hs = [], []
     for i in range(agent.n_agents):
@@ -117,32 +121,37 @@ def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
     torch.manual_seed(0)
     env = tiny_env()
     agent = agent_class(m)(env, m.Args(share_params=share))
-    T, E, N, L, H = 8, 3, 2, 4, agent.rnn_hidden_dim
+    T, E, N, L = 8, 3, 2, 4
     obs, state = torch.randn(T, E, N, env.obs_dim), torch.randn(T, E, env.state_dim)
     avail = torch.ones(T, E, N, env.n_actions, dtype=torch.bool)
     starts = torch.zeros(T, E)
     starts[0] = 1.0
     starts[2, 0] = starts[5, 1] = starts[4, 2] = 1.0  # episode starts inside chunks and at a chunk's start
-    actor_h = torch.zeros(E, N, H)
-    critic_h = torch.zeros(E, H) if heterogeneous_agent(m) else torch.zeros(E, N, H)  # V(s): one per env
+    if algo == "ippo_rnn":
+        state = None  # IPPO's critics read the observations
+    actor_h, critic_h = zero_hidden(agent, E)
     actor_h_buf, critic_h_buf, logits, values = [], [], [], []
     with torch.no_grad():
         for t in range(T):
             actor_h_buf.append(actor_h)
             critic_h_buf.append(critic_h)
-            step = (obs[t][None], avail[t][None], state[t][None])
-            logits_t, value, actor_h, critic_h = run_sequences(m, agent, *step, actor_h, critic_h, starts[t][None])
-            logits.append(logits_t[0])
+            step_logits, value, actor_h, critic_h = policy_and_values(
+                agent, obs[t][None], avail[t][None], None if state is None else state[t][None], actor_h, critic_h,
+                starts[t][None],
+            )  # fmt: skip
+            logits.append(step_logits[0])
             values.append(value[0])
-        chunks = (m.to_chunks(obs, L), m.to_chunks(avail, L), m.to_chunks(state, L))
-        actor_h0 = m.to_chunks(torch.stack(actor_h_buf), L)[0]
-        critic_h0 = m.to_chunks(torch.stack(critic_h_buf), L)[0]
-        c_logits, c_values, _, _ = run_sequences(m, agent, *chunks, actor_h0, critic_h0, m.to_chunks(starts, L))
+        c_logits, c_values, _, _ = policy_and_values(
+            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
+            m.to_chunks(torch.stack(actor_h_buf), L)[0], m.to_chunks(torch.stack(critic_h_buf), L)[0],
+            m.to_chunks(starts, L),
+        )  # fmt: skip
         # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
         # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
-        z_logits, _, _, _ = run_sequences(
-            m, agent, *chunks, torch.zeros_like(actor_h0), critic_h0, m.to_chunks(starts, L)
-        )
+        z_logits, _, _, _ = policy_and_values(
+            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
+            *zero_hidden(agent, 2 * E), m.to_chunks(starts, L),
+        )  # fmt: skip
     assert torch.allclose(c_logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
     assert torch.allclose(c_values, m.to_chunks(torch.stack(values), L), atol=1e-5)
     assert not torch.allclose(z_logits[0, E : E + 2], c_logits[0, E : E + 2], atol=1e-3)
@@ -171,17 +180,28 @@ def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_la
     monkeypatch.chdir(tmp_path)
     m = load(algo)
     calls = []  # (h carried in, starts, h after) of every one-step critic call in the rollout
-    cls = agent_class(m)
-    method = "value" if heterogeneous_agent(m) else "get_value"  # (state, obs, h, starts) or (x, h, starts)
 
-    def recording(self, x, *rest):
-        value, h_after = getattr(cls, method)(self, x, *rest)
-        h, starts = rest[-2:]
-        if x.shape[0] == 1:
+    def record(value, h, starts, h_after, steps):
+        if steps == 1:
             calls.append((h.clone(), starts.clone(), h_after.clone()))
         return value, h_after
 
-    monkeypatch.setattr(m, cls.__name__, type("RecordingAgent", (cls,), {method: recording}))
+    if hasattr(m, "HAAgents"):
+
+        class RecordingHAAgents(m.HAAgents):
+            def value(self, state, obs, h, starts):
+                value, h_after = super().value(state, obs, h, starts)
+                return record(value, h, starts, h_after, state.shape[0])
+
+        monkeypatch.setattr(m, "HAAgents", RecordingHAAgents)
+    else:
+
+        class RecordingAgent(m.Agent):
+            def get_value(self, x, h, starts):
+                value, h_after = super().get_value(x, h, starts)
+                return record(value, h, starts, h_after, x.shape[0])
+
+        monkeypatch.setattr(m, "Agent", RecordingAgent)
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda env_id, **kwargs: TruncatedMemoryCue(make(env_id, **kwargs)))
     args = make_args(
