@@ -695,9 +695,11 @@ def train(args: Args) -> dict:
 
         # ----------------------------------------------------- line 16: the critic, after the actors
         b_state, b_returns = state_buf.reshape(B, -1), returns.reshape(B, *per_agent)
+        # the clip window's centre: the critic's rollout outputs, normalised with the statistics they
+        # were made with (before this update), as HARL clips around its stored value predictions
+        b_old_v = value_norm.normalize(value_buf.reshape(B, *per_agent))
         value_norm.update(b_returns)
         b_targets = value_norm.normalize(b_returns)
-        b_old_v = value_norm.normalize(value_buf.reshape(B, *per_agent))
         critic_mb = B // args.critic_num_minibatches
         v_losses = []
         for _ in range(args.critic_epochs):

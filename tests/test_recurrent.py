@@ -1,4 +1,4 @@
-"""The recurrent variants mappo_rnn.py, ippo_rnn.py and happo_rnn.py (issue 48): the chunking of a
+"""The recurrent variants mappo_rnn.py, ippo_rnn.py, happo_rnn.py and hatrpo_rnn.py (issue 48): the chunking of a
 rollout, the masked GRU step, the replay of stored hidden states in training, and learning the
 memory-cue task that no feed-forward policy can beat chance on. Short runs on every env family,
 saving and reloading are in tests/test_short_runs.py.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import envs
 
-RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn"]
+RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn", "hatrpo_rnn"]
 
 
 def load(name):
@@ -33,7 +33,7 @@ def make_args(m, **values):
 
 
 def agent_class(m):
-    """The class holding the networks: Agent (mappo_rnn, ippo_rnn) or HAAgents (happo_rnn)."""
+    """The class holding the networks: Agent (mappo_rnn, ippo_rnn) or HAAgents (happo_rnn, hatrpo_rnn)."""
     return m.HAAgents if hasattr(m, "HAAgents") else m.Agent
 
 

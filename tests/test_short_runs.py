@@ -32,6 +32,7 @@ TINY = {
     "mappo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
     "ippo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
     "happo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
+    "hatrpo_rnn": dict(num_steps=16, chunk_length=8, critic_num_minibatches=2),
 }
 TOTAL = {"default": 128, "tsc-2x2": 64}  # env steps of a short run
 
@@ -109,6 +110,8 @@ def test_short_run_saves_and_reloads(algo, env_id, overrides):
         ("hatrpo", "smax-3m", {"state_type": "FP"}),
         ("happo_rnn", "ant-2x4", {"state_type": "FP"}),
         ("happo_rnn", "smax-3m", {"state_type": "FP", "share_params": True}),
+        ("hatrpo_rnn", "ant-2x4", {"state_type": "FP", "rnn_hidden_dim": 16}),  # one critic hidden state per agent
+        ("hatrpo_rnn", "smax-3m", {"state_type": "FP", "share_params": True}),
     ],
 )  # ant-2x4: truncation at 50 steps; smax-3m: dead agents
 def test_happo_hatrpo_architecture_options_run_and_their_checkpoints_reload(algo, env_id, overrides):

@@ -1,0 +1,914 @@
+# Kuba et al., "Trust Region Policy Optimisation in Multi-Agent Reinforcement Learning", ICLR 2022: HATRPO
+"""rHATRPO: the recurrent variant of hatrpo.py: GRU actors and a GRU critic.
+
+What recurrence changes (`diff hatrpo.py hatrpo_rnn.py` shows exactly this): every actor and the
+critic are [LayerNorm] -> Linear -> ReLU -> LayerNorm -> GRU -> LayerNorm -> Linear -> ReLU ->
+LayerNorm -> head, each with its own hidden state per agent (the critic: one per env, or one per
+agent with FP), carried across the steps of an episode and reset to 0 at its first step; the
+rollout stores the hidden states carried into each step; the batch is cut into chunks of
+`--chunk-length` consecutive steps of one env (HARL's data_chunk_length 10) that start from the
+stored hidden state at the chunk's first step and reset it inside the chunk exactly where an
+episode starts. Each trust-region step (the surrogate, its gradient g, the mean KL whose Hessian
+gives the Fisher-vector products, and every line-search try) replays all chunks of the rollout
+through agent i's recurrent policy from the stored initial hidden states; so does the ratio of
+line 14 that enters M. The critic's minibatches are made of whole chunks.
+Everything else is as in hatrpo.py, described below.
+
+HATRPO: Heterogeneous-Agent Trust Region Policy Optimisation (the lecture's Algorithm 2).
+
+In the lecture's terms:
+- actors: one Gaussian (continuous) or masked categorical (discrete) policy per agent, on the
+  agent's own observation; no parameter sharing by default (`--share-params` for comparison,
+  with the one-hot agent id appended to the input);
+- critic: a single centralised V(s) on the global state, trained after the actors (line 16),
+  with GAE(lambda) advantages A(s, a) from it (line 7); with `--state-type FP` (HARL's per-agent
+  critic state) one network gives every agent i its own V(s, o^i, i), and agent i its own A^i;
+- the multi-agent advantage decomposition (lines 8-15): every iteration draws a random
+  permutation i_1..i_n of the agents (`--fixed-order` keeps 0..n-1), sets M^{i_1} = A, and for
+  agent i_m (`trpo_update`):
+    line 11: g = grad of the surrogate mean(r M^{i_1:m}), r = pi^{i_m}(a|o) / pi_old^{i_m}(a|o), at
+             theta_k; x = H^-1 g by `cg_iters` conjugate-gradient steps, H the Hessian of the mean
+             KL(pi_old || pi) (the Fisher matrix; `fisher_vector_product`, plus cg_damping * I);
+    line 12: the maximal step beta = sqrt(2 kl_threshold / x^T H x);
+    line 13: backtracking line search theta_k + backtrack_coeff^j beta x, j = 0..ls_step-1: the
+             first step that improves the surrogate by at least accept_ratio times the expected
+             improvement backtrack_coeff^j beta x.g and keeps the mean KL <= kl_threshold is
+             taken; if none is, the old parameters stay;
+    line 14: M^{i_1:m+1} = r(after its update, on the same batch, detached) * M^{i_1:m}
+  before the next agent updates (`sequential_update`).
+
+Deliberate differences from the paper and from HARL (github.com/PKU-MARL/HARL), the reference code:
+- The Gaussian std is a learned state-independent exp(log_std), initialised at exp(-1) = 0.37;
+  HARL uses 0.5 * sigmoid(x) with x initialised at 1 (also 0.37 at the start) which bounds it.
+- Discrete KL: the exact KL between the old and new categoricals; HARL uses a sample-free
+  approximation on the logits (exp(p - q) - 1 - p + q). The mean KL (for H and for the line
+  search) and the surrogate are averaged over alive agents only (HARL averages the KL over all).
+- Advantages are normalised (mean 0, std 1 over the alive samples of the batch) by default
+  (`--no-norm-adv` to disable), as HARL does; with one V(s) (EP) once for the team over the steps
+  with any agent alive, where HARL normalises inside each agent's update over its alive steps.
+- `--state-type FP` builds agent i's critic input from the global state, its observation and its
+  one-hot id; HARL's FP state is the env's own agent-specific state (SMAC's `get_state_agent`:
+  the state's features relative to agent i), which the env contract here does not provide.
+- Value normalisation uses exact running mean/variance of the returns, updated once per
+  iteration; HARL uses a debiased exponential average (beta 0.99999), updated per minibatch.
+- Truncation: the reward of a truncated step gets gamma * V(final state) added and the trace is
+  cut there (time-limit bootstrapping, Pardo et al. 2018). HARL's `use_proper_time_limits` (on in
+  its configs) is not the same: it zeroes the advantage at the truncated step (its return target is
+  the critic's own V(s_t)) and never reads the final observation.
+- `--share-params`: one actor, one trust-region step on all agents' samples with M = A, as
+  HARL's MAPPO (`share_param_train`) does for its PPO step; HARL's HATRPO with `share_param`
+  instead steps the one shared actor agent by agent with the factor M, though each such step also
+  moves the agents already updated, which the sequential scheme assumes fixed.
+- Dead agents (SMAX, batch["alive"] False) are left out of the surrogate and the KL (HARL's
+  policy active masks, which HARL applies to the surrogate only), and their ratio is taken as 1
+  in the M factor.
+- Defaults are HARL's (num_envs 20, num_steps 200, kl_threshold 0.01, ls_step 10, accept_ratio
+  0.5, backtrack_coeff 0.8, 10 CG iterations, damping 0.1, critic lr 5e-4 with 5 epochs, Huber(10)
+  clipped value loss, 2x128 ReLU MLPs with LayerNorm); the default env is the lecture's product
+  game so that `python hatrpo.py` learns within a minute on a CPU.
+- `--init-mean` sets the initial mean of the Gaussian policies (the output bias), for the
+  lecture's product-game example (agent 1 at -0.25, agent 2 at 0.25).
+- One Linear layer before the GRU and one after it (HARL's recurrent networks: the two MLP layers,
+  then the GRU with a LayerNorm on its output, none after); the GRU is 1 layer of `--rnn-hidden-dim`
+  64 (HARL: as wide as its MLP, 128), the width mappo_rnn.py has.
+- Chunks never cross the end of an env's rollout (`--num-steps` must be a multiple of
+  `--chunk-length`); HARL cuts the rollouts of all envs laid end to end.
+- A chunk is replayed from the hidden state that pi_old stored at its first step, also for pi_new
+  (the line search's tries and the ratio of line 14), as HARL and the MAPPO paper's code do: the
+  hidden states inside a chunk are recomputed, the one at its start is not.
+"""
+
+import dataclasses
+import functools
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions import Categorical, Normal
+
+import envs
+from envs import experiment
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, train on the GPU (an error when torch finds none)"""
+    track: bool = False
+    """if toggled, mirror the logs to Weights & Biases (needs pip install wandb; WANDB_MODE=offline works offline)"""
+    wandb_project_name: str = "marl-pg"
+    """the W&B project of --track"""
+    wandb_entity: str | None = None
+    """the W&B entity (user or team) of --track (None: your default)"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
+    env_id: str = "product-game"
+    """the id of the environment; every id: python -c "import envs; print(envs.ids())" (see docs/usage.md)"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
+    total_timesteps: int = 1_000_000
+    """total env steps of the experiment (one step of all agents in one env counts once)"""
+    num_envs: int = 20
+    """the number of parallel environments"""
+    capture_video: bool = False
+    """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """if toggled, save the model to <run dir>/<exp_name>.pt (at the end, and on Ctrl-C)"""
+    eval_episodes: int = 20
+    """the number of episodes of each greedy evaluation"""
+    eval_interval: int = 100_000
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model to evaluate instead of training"""
+    share_params: bool = False
+    """one actor shared by all agents (with the one-hot agent id); off in HATRPO"""
+
+    # Algorithm specific arguments
+    num_steps: int = 200
+    """the number of steps per env per rollout (HARL's episode_length)"""
+    fixed_order: bool = False
+    """update the agents in the fixed order 0..n-1 instead of a random permutation"""
+    critic_learning_rate: float = 5e-4
+    """the critic's learning rate"""
+    anneal_lr: bool = False
+    """linear decay of the critic's learning rate to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for GAE"""
+    critic_epochs: int = 5
+    """epochs of the critic update"""
+    critic_num_minibatches: int = 1
+    """minibatches per epoch of the critic update (each made of whole chunks)"""
+    kl_threshold: float = 0.01
+    """delta: the bound on the mean KL between an agent's old and new policy"""
+    ls_step: int = 10
+    """the number of steps tried by the backtracking line search"""
+    accept_ratio: float = 0.5
+    """kappa: a step must improve the surrogate by at least this fraction of the expected improvement"""
+    backtrack_coeff: float = 0.8
+    """alpha: the line search shrinks the step by this factor each time"""
+    cg_iters: int = 10
+    """conjugate-gradient iterations"""
+    cg_damping: float = 0.1
+    """damping added to the Fisher-vector product (H + damping * I)"""
+    clip_coef: float = 0.2
+    """the value clipping range"""
+    clip_vloss: bool = True
+    """whether to use a clipped value loss"""
+    vf_coef: float = 1.0
+    """coefficient of the value loss"""
+    max_grad_norm: float = 10.0
+    """the maximum norm for gradient clipping"""
+    huber_delta: float = 10.0
+    """delta of the Huber value loss (0 = squared error)"""
+    norm_adv: bool = True
+    """normalise the advantages over the batch"""
+    value_norm: bool = True
+    """normalise the value targets with running statistics"""
+    state_type: Literal["EP", "FP"] = "EP"
+    """the critic's input (HARL's state_type): EP = the env's global state, one V(s) for the team;
+    FP = the global state, agent i's observation and one-hot id: one V(s, o^i, i) per agent"""
+    hidden_dim: int = 128
+    """width of the Linear layers before and after the GRU of every network"""
+    rnn_hidden_dim: int = 64
+    """the width of the GRU (its hidden state) of the actors and the critic"""
+    chunk_length: int = 10
+    """the number of consecutive steps of each training sequence (HARL's data_chunk_length)"""
+    feature_norm: bool = True
+    """LayerNorm on the network inputs (HARL's use_feature_normalization)"""
+    log_std_init: float = -1.0
+    """initial log standard deviation of the Gaussian policies"""
+    init_mean: tuple[float, ...] = ()
+    """initial mean of the Gaussian policies: one value for all agents or one per agent (empty: 0)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """env steps per iteration (filled in at runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (filled in at runtime)"""
+
+
+# the fields that define the networks: taken from the checkpoint when evaluating one
+ARCH_FIELDS = (
+    "share_params", "hidden_dim", "rnn_hidden_dim", "feature_norm", "log_std_init", "init_mean", "state_type"
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ networks
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def gru_sequence(gru: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """The masked GRU step along a sequence: the hidden state is reset to 0 where an episode starts.
+
+    x [L, B, d]; h [B, H], the hidden state carried into x[0]; starts [L, B], 1 where x[t] is the
+    first step of an episode. h_t = GRU(x_t, (1 - start_t) * h_{t-1}); returns h_0 ... h_{L-1} [L, B, H].
+    """
+    hs = []
+    for x_t, start_t in zip(x, starts):
+        h = gru(x_t, h * (1.0 - start_t).unsqueeze(-1))
+        hs.append(h)
+    return torch.stack(hs)
+
+
+class RecurrentBody(nn.Module):
+    """[LayerNorm] -> Linear -> ReLU -> LayerNorm -> GRU -> LayerNorm -> Linear -> ReLU -> LayerNorm.
+
+    HARL's MLP layer (Linear -> ReLU -> LayerNorm), its RNNLayer (GRU with orthogonal weights and zero
+    biases, LayerNorm on its output), and one more MLP layer after it.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, rnn_hidden: int, feature_norm: bool):
+        super().__init__()
+        self.before = nn.Sequential(
+            nn.LayerNorm(in_dim) if feature_norm else nn.Identity(),
+            layer_init(nn.Linear(in_dim, hidden)), nn.ReLU(), nn.LayerNorm(hidden),
+        )  # fmt: skip
+        self.gru = nn.GRUCell(hidden, rnn_hidden)
+        for name, param in self.gru.named_parameters():
+            nn.init.orthogonal_(param) if name.startswith("weight") else nn.init.zeros_(param)
+        self.after = nn.Sequential(
+            nn.LayerNorm(rnn_hidden), layer_init(nn.Linear(rnn_hidden, hidden)), nn.ReLU(), nn.LayerNorm(hidden)
+        )
+
+    def forward(self, x, h, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, B, in_dim], h [B, H] carried into x[0], starts [L, B] -> features [L, B, hidden], h after x[-1]."""
+        hs = gru_sequence(self.gru, self.before(x), h, starts)
+        return self.after(hs), hs[-1]
+
+
+class Actor(nn.Module):
+    """pi^i(.|o^i_1..o^i_t): masked categorical (discrete) or Gaussian with a learned log-std (continuous)."""
+
+    def __init__(self, obs_dim, n_out, discrete, hidden, rnn_hidden, feature_norm, log_std_init, init_mean=0.0):
+        super().__init__()
+        self.body = RecurrentBody(obs_dim, hidden, rnn_hidden, feature_norm)
+        self.head = layer_init(nn.Linear(hidden, n_out), std=0.01, bias_const=0.0 if discrete else init_mean)
+        self.log_std = None if discrete else nn.Parameter(torch.full((n_out,), float(log_std_init)))
+
+    def forward(self, x, h, starts, n_act: int, avail=None):
+        """The distribution over the first n_act actions (discrete) or action dims (continuous) at
+        every step of x [L, B, obs_dim] (h [B, H] carried into x[0], starts [L, B]), and h after x[-1]."""
+        out, h = self.body(x, h, starts)
+        out = self.head(out)[..., :n_act]
+        if self.log_std is None:
+            if avail is not None:
+                out = out.masked_fill(~avail[..., :n_act], -1e10)  # unavailable actions get probability 0
+            return Categorical(logits=out), h
+        return Normal(out, self.log_std[:n_act].exp().expand_as(out)), h
+
+
+class Critic(nn.Module):
+    """V on a sequence of critic inputs: RecurrentBody -> Linear."""
+
+    def __init__(self, in_dim, hidden, rnn_hidden, feature_norm):
+        super().__init__()
+        self.body = RecurrentBody(in_dim, hidden, rnn_hidden, feature_norm)
+        self.head = layer_init(nn.Linear(hidden, 1), std=1.0)
+
+    def forward(self, x, h, starts):
+        """x [L, B, in_dim], h [B, H], starts [L, B] -> values [L, B], h after x[-1]."""
+        out, h = self.body(x, h, starts)
+        return self.head(out).squeeze(-1), h
+
+
+class HAAgents(nn.Module):
+    """The n recurrent actors (or one shared actor) and the centralised recurrent critic: V(s), or
+    V(s, o^i, i) per agent. Every agent has its own actor hidden state [B, N, rnn_hidden_dim]; the
+    critic one per env [B, H] (EP) or one per agent [B, N, H] (FP). The methods work on sequences
+    [L, B, ...] (a rollout step is L = 1)."""
+
+    def __init__(self, env, args):
+        super().__init__()
+        self.n_agents, self.share, self.discrete = env.n_agents, args.share_params, env.discrete
+        self.obs_dims, self.act_dims = list(env.obs_dims), list(env.act_dims)
+        means = initial_means(args.init_mean, env.n_agents)
+        self.rnn_hidden_dim = args.rnn_hidden_dim
+        kw = dict(discrete=env.discrete, hidden=args.hidden_dim, rnn_hidden=args.rnn_hidden_dim,
+                  feature_norm=args.feature_norm, log_std_init=args.log_std_init)  # fmt: skip
+        if self.share:
+            in_dim = env.obs_dim + env.n_agents  # padded observation + one-hot agent id
+            self.actors = nn.ModuleList([Actor(in_dim, max(self.act_dims), init_mean=means[0], **kw)])
+        else:
+            self.actors = nn.ModuleList(
+                [Actor(self.obs_dims[i], self.act_dims[i], init_mean=means[i], **kw) for i in range(self.n_agents)]
+            )
+        self.per_agent_values = args.state_type == "FP"
+        critic_in = env.state_dim + (env.obs_dim + env.n_agents if self.per_agent_values else 0)
+        self.critic = Critic(critic_in, args.hidden_dim, args.rnn_hidden_dim, args.feature_norm)
+        self.register_buffer("agent_ids", torch.eye(env.n_agents))
+
+    def actor(self, i: int) -> Actor:
+        return self.actors[0 if self.share else i]
+
+    def dist(self, i: int, obs, avail, h, starts):
+        """pi^i(.|o^i) for agent i's padded observations obs [L, B, obs_dim] (and avail [L, B, n_actions]),
+        h [B, H] carried into obs[0], starts [L, B]; and agent i's hidden state after obs[-1]."""
+        if self.share:
+            x = torch.cat([obs, self.agent_ids[i].expand(*obs.shape[:-1], -1)], -1)
+        else:
+            x = obs[..., : self.obs_dims[i]]  # the agent's true observation size
+        return self.actor(i)(x, h, starts, self.act_dims[i], avail)
+
+    def log_prob_entropy(self, i: int, dist, action):
+        """log pi^i(a|o) and the entropy; padded action dims are not part of agent i's distribution."""
+        if self.discrete:
+            return dist.log_prob(action), dist.entropy()
+        return dist.log_prob(action[..., : self.act_dims[i]]).sum(-1), dist.entropy().sum(-1)
+
+    def value(self, state, obs, h, starts):
+        """V(s) [L, B] from the states [L, B, state_dim], h [B, H]; with FP, V(s, o^i, i) [L, B, N] also from
+        the obs [L, B, N, obs_dim], h [B, N, H] (the agents folded into the batch). starts [L, B]. Returns
+        the values and the critic's hidden state after the last step."""
+        if not self.per_agent_values:
+            return self.critic(state, h, starts)
+        L, B, N = obs.shape[:3]
+        x = torch.cat([state.unsqueeze(2).expand(-1, -1, N, -1), obs, self.agent_ids.expand(L, B, -1, -1)], -1)
+        value, h = self.critic(x.flatten(1, 2), h.flatten(0, 1), starts.repeat_interleave(N, dim=1))
+        return value.view(L, B, N), h.view(B, N, -1)
+
+    def critic_hidden(self, B: int, device) -> torch.Tensor:
+        """The critic's initial hidden state for B envs: [B, H], or [B, N, H] with FP."""
+        per_agent = (self.n_agents,) if self.per_agent_values else ()
+        return torch.zeros((B, *per_agent, self.rnn_hidden_dim), device=device)
+
+    @torch.no_grad()
+    def act(self, obs, avail, h, start, greedy=False):
+        """One step: obs [E, N, obs_dim], actor h [E, N, H] carried in, start [E] (1 at an episode's first
+        step). Joint action [E, N] (long) or [E, N, act_dim] (float, zero padded), log-probs [E, N], and
+        the actor hidden states after the step."""
+        actions, logps, hs = [], [], []
+        for i in range(self.n_agents):
+            dist, h_i = self.dist(
+                i, obs[None, :, i], None if avail is None else avail[None, :, i], h[:, i], start[None]
+            )
+            hs.append(h_i)
+            if greedy:
+                a = dist.probs.argmax(-1) if self.discrete else dist.mean
+            else:
+                a = dist.sample()
+            logps.append(self.log_prob_entropy(i, dist, a)[0][0])
+            a = a[0]
+            if not self.discrete:
+                a = nn.functional.pad(a, (0, max(self.act_dims) - a.shape[1]))
+            actions.append(a)
+        return torch.stack(actions, 1), torch.stack(logps, 1), torch.stack(hs, 1)
+
+
+def initial_means(init_mean: tuple[float, ...], n_agents: int) -> list[float]:
+    """--init-mean: nothing (0 for all), one value for all agents, or one value per agent."""
+    if len(init_mean) == 0:
+        return [0.0] * n_agents
+    if len(init_mean) == 1:
+        return [float(init_mean[0])] * n_agents
+    if len(init_mean) != n_agents:
+        raise ValueError(f"--init-mean needs 1 or n_agents={n_agents} values, got {len(init_mean)}")
+    return [float(m) for m in init_mean]
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of the value targets (value normalisation, MAPPO/HARL)."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.full((), 1e-4, dtype=torch.float64))
+
+    def update(self, x):
+        if not self.enabled:
+            return
+        x = x.double().reshape(-1)
+        n, b_mean, b_var = x.numel(), x.mean(), x.var(unbiased=False)
+        delta, total = b_mean - self.mean, self.count + x.numel()
+        self.var.copy_((self.var * self.count + b_var * n + delta**2 * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-5)).float() if self.enabled else x
+
+    def denormalize(self, x):
+        return (x * torch.sqrt(self.var + 1e-5) + self.mean).float() if self.enabled else x
+
+
+# ------------------------------------------------------------------- the algorithm's pieces
+def masked_mean(x, mask):
+    """Mean of x over the samples where mask is True (the alive agents)."""
+    x, mask = x.float(), mask.float()
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def compute_gae(rewards, values, dones, next_value, gamma: float, gae_lambda: float):
+    """GAE(lambda) advantages and returns. rewards, values, dones [T, E]; next_value [E] = V(s_T).
+
+    dones[t]: the episode ended at step t (on truncation, gamma * V(final state) is already in
+    rewards[t]), so nothing is bootstrapped across it.
+    """
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_v = next_value if t == rewards.shape[0] - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_v * nonterminal - values[t]
+        last = delta + gamma * gae_lambda * nonterminal * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def to_chunks(x: torch.Tensor, chunk_length: int) -> torch.Tensor:
+    """Cut a rollout [T, E, ...] into chunks of L = chunk_length consecutive steps: [L, C, ...], C = T / L * E.
+
+    Chunk k * E + e holds steps k L ... k L + L - 1 of env e (HARL's data chunks), so
+    to_chunks(stored hidden states, L)[0] is each chunk's initial hidden state: the one the
+    rollout stored at the chunk's first step.
+    """
+    T, E, *rest = x.shape
+    return x.reshape(T // chunk_length, chunk_length, E, *rest).transpose(0, 1).reshape(chunk_length, -1, *rest)
+
+
+def sequential_update(order, advantages, update_agent: Callable):
+    """The multi-agent advantage decomposition (Algorithm 2, lines 9-15).
+
+    advantages [..., N]: column i is the advantage agent i is updated against (the same A in every
+    column with one V(s); A^i from V(s, o^i, i) with FP). M^{i_1} = A; for i_m in order:
+    update_agent(i_m, M^{i_1:m}) updates agent i_m against column i_m of M and returns its new/old
+    probability ratio on the same batch [...] (detached); then M^{i_1:m+1} = ratio * M^{i_1:m}.
+    Returns the last M.
+    """
+    M = advantages.clone()
+    for i in order:
+        ratio = update_agent(i, M)
+        M = ratio.detach().unsqueeze(-1) * M
+    return M
+
+
+def value_loss(new_v, old_v, target, clip_coef: float, clip_vloss: bool, huber_delta: float):
+    """Critic loss (line 16) on normalised values: Huber (or squared) error, optionally clipped as in PPO."""
+
+    def err(e):
+        return nn.functional.huber_loss(e, torch.zeros_like(e), reduction="none", delta=huber_delta) \
+            if huber_delta > 0 else 0.5 * e**2  # fmt: skip
+
+    loss = err(target - new_v)
+    if clip_vloss:
+        clipped = old_v + (new_v - old_v).clamp(-clip_coef, clip_coef)
+        loss = torch.max(loss, err(target - clipped))
+    return loss.mean()
+
+
+def agent_batch(data, i, idx):
+    """Agent i's chunks idx of the batch [L, C, ...]: observations, available actions, actions, old log-probs, alive."""
+    avail = None if data["avail"] is None else data["avail"][:, idx, i]
+    return data["obs"][:, idx, i], avail, data["act"][:, idx, i], data["logp"][:, idx, i], data["alive"][:, idx, i]
+
+
+def replay(agents, data, i, obs, avail):
+    """pi^i on agent i's chunks [L, C], each from the actor hidden state stored at its first step."""
+    return agents.dist(i, obs, avail, data["actor_h0"][:, i], data["starts"])[0]
+
+
+def flat_grad(y, params, **kwargs):
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(y, params, **kwargs)])
+
+
+def set_flat_params(params, flat):
+    offset = 0
+    for p in params:
+        p.data.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+def kl_divergence(old, new):
+    """KL(old || new) per sample, summed over action dims; masked actions (probability 0) add 0."""
+    if isinstance(old, Categorical):
+        return (old.probs * (old.logits - new.logits)).sum(-1)
+    return torch.distributions.kl_divergence(old, new).sum(-1)
+
+
+def conjugate_gradient(Avp: Callable, b, iters: int, residual_tol: float = 1e-10):
+    """x ~ A^-1 b for a symmetric positive definite A given only as v -> A v (Algorithm 2, line 11)."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()  # residual b - A x and search direction
+    rr = r @ r
+    for _ in range(iters):
+        if rr < residual_tol:  # solved (or b = 0)
+            break
+        Ap = Avp(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        new_rr = r @ r
+        p = r + (new_rr / rr) * p
+        rr = new_rr
+    return x
+
+
+def fisher_vector_product(mean_kl, params, damping: float) -> Callable:
+    """v -> (H + damping I) v, H the Hessian of mean_kl (a graph of the params) (Algorithm 2, line 11).
+
+    mean_kl = mean KL(pi_old || pi_theta) with pi_old detached, at theta = theta_old: its gradient
+    is 0 there and its Hessian is the Fisher information matrix.
+    """
+    grad = flat_grad(mean_kl, params, create_graph=True)
+    return lambda v: flat_grad(grad @ v, params, retain_graph=True) + damping * v
+
+
+def accept_step(improvement: float, expected_improvement: float, kl: float, kl_threshold: float, accept_ratio: float):
+    """Line 13's acceptance rule: the surrogate improves by at least accept_ratio times the expected
+    improvement (and by more than 0), and the mean KL stays within kl_threshold."""
+    return improvement > 0 and improvement >= accept_ratio * expected_improvement and kl <= kl_threshold
+
+
+def line_search(evaluate: Callable, params, full_step, expected_improvement: float, args):
+    """Backtracking line search (Algorithm 2, line 13).
+
+    evaluate(new_params) -> (surrogate improvement, mean KL). Tries params + alpha^j full_step for
+    j = 0..ls_step-1 (alpha = backtrack_coeff) and returns (new params, True, j, improvement, kl)
+    for the first accepted step, else (params, False, ls_step, improvement, kl) of the last try.
+    """
+    improvement, kl = 0.0, 0.0
+    for j in range(args.ls_step):
+        fraction = args.backtrack_coeff**j
+        new_params = params + fraction * full_step
+        improvement, kl = evaluate(new_params)
+        if accept_step(improvement, fraction * expected_improvement, kl, args.kl_threshold, args.accept_ratio):
+            return new_params, True, j, improvement, kl
+    return params, False, args.ls_step, improvement, kl
+
+
+def trpo_update(agents, agent_ids, data, M, args, stats):
+    """One trust-region step of the agents' policy against M [L, C, N] (Algorithm 2, lines 11-13).
+
+    agent_ids is [i_m], or every agent when one actor is shared; agent i's samples use column i of M.
+    """
+    params = list(agents.actor(agent_ids[0]).parameters())
+    samples = [agent_batch(data, i, slice(None)) for i in agent_ids]
+    with torch.no_grad():
+        old_dists = [replay(agents, data, i, obs, avail) for i, (obs, avail, *_) in zip(agent_ids, samples)]
+
+    def surrogate_and_kl():
+        """Means over alive samples of r M (the M-weighted surrogate) and of KL(pi_old || pi)."""
+        surrogate, kl = 0.0, 0.0
+        for i, (obs, avail, act, logp_old, alive), old in zip(agent_ids, samples, old_dists):
+            dist = replay(agents, data, i, obs, avail)
+            logp = agents.log_prob_entropy(i, dist, act)[0]
+            surrogate = surrogate + masked_mean((logp - logp_old).exp() * M[..., i], alive) / len(agent_ids)
+            kl = kl + masked_mean(kl_divergence(old, dist), alive) / len(agent_ids)
+        return surrogate, kl
+
+    surrogate, kl = surrogate_and_kl()
+    g = flat_grad(surrogate, params, retain_graph=True)  # line 11: the gradient g
+    Hvp = fisher_vector_product(kl, params, args.cg_damping)
+    x = conjugate_gradient(Hvp, g, args.cg_iters)  # x ~ H^-1 g
+    beta = torch.sqrt(2 * args.kl_threshold / (x @ Hvp(x)).clamp(min=1e-12))  # line 12: the maximal step
+    full_step = (beta * x).detach()
+    expected_improvement = float(g @ full_step)
+    old_params = torch.cat([p.data.reshape(-1) for p in params])
+    surrogate_old = surrogate.item()
+
+    @torch.no_grad()
+    def evaluate(new_params):
+        set_flat_params(params, new_params)
+        new_surrogate, new_kl = surrogate_and_kl()
+        return new_surrogate.item() - surrogate_old, new_kl.item()
+
+    new_params, accepted, _, improvement, kl = line_search(evaluate, old_params, full_step, expected_improvement, args)
+    set_flat_params(params, new_params)  # line 13: the accepted step, or the old parameters stay
+    stats["kl"].append(kl if accepted else 0.0)
+    stats["surrogate_improvement"].append(improvement if accepted else 0.0)
+    stats["expected_improvement"].append(expected_improvement)
+    stats["line_search_accepted"].append(float(accepted))
+
+
+def update_agent(agents, data, args, stats, i, M):
+    """Update agent i against M (lines 11-13); return its new/old ratio on the same batch (line 14)."""
+    trpo_update(agents, [i], data, M, args, stats)
+    return probability_ratio(agents, i, data)
+
+
+@torch.no_grad()
+def probability_ratio(agents, i, data):
+    """pi_new^i(a^i|o^i) / pi_old^i(a^i|o^i) on the whole batch (chunks replayed); 1 where agent i is dead."""
+    obs, avail, act, logp_old, alive = agent_batch(data, i, slice(None))
+    logp_new = agents.log_prob_entropy(i, replay(agents, data, i, obs, avail), act)[0]
+    return torch.where(alive, (logp_new - logp_old).exp(), torch.ones_like(logp_new))
+
+
+# ------------------------------------------------------------------ evaluation, checkpoints
+@torch.no_grad()
+def evaluate(agents, args, device, video_path=None):
+    """Greedy evaluation on a separate env: (mean return, win rate (nan if none)) over eval_episodes.
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
+    env = envs.make(
+        args.env_id,
+        num_envs=max(1, min(args.eval_episodes, 8)),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
+    )
+    returns, wins = [], []
+    h = torch.zeros((env.num_envs, env.n_agents, agents.rnn_hidden_dim), device=device)  # carried across steps
+    start = torch.ones(env.num_envs, device=device)  # 1 at each env's first step of an episode: reset h
+    try:
+        video = experiment.Video(env, video_path)
+        batch = env.reset()
+        while len(returns) < args.eval_episodes:
+            video.capture()
+            obs = torch.as_tensor(batch["obs"], device=device)
+            avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+            actions, _, h = agents.act(obs, avail, h, start, greedy=True)
+            actions = actions.cpu().numpy()
+            if not env.discrete:
+                actions = np.clip(actions, env.act_low, env.act_high)
+            batch, _, terminated, truncated, info = env.step(actions)
+            start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            video.stepped(terminated, truncated)
+            for e in np.flatnonzero(terminated | truncated):
+                returns.append(float(info["episode"]["return"][e]))
+                if "win" in env.metric_names:
+                    wins.append(float(info["episode"]["win"][e]))
+        video.save()
+    finally:
+        env.close()
+    returns = returns[: args.eval_episodes]
+    return float(np.mean(returns)), (float(np.mean(wins[: args.eval_episodes])) if wins else float("nan"))
+
+
+def check_args(args, env_discrete: bool):
+    """Bad input -> a clear ValueError before any work."""
+    if args.init_mean and env_discrete:
+        raise ValueError("--init-mean sets the mean of Gaussian policies; this env has discrete actions")
+    if args.share_params and len(set(args.init_mean)) > 1:
+        raise ValueError("--share-params has one actor: give --init-mean a single value")
+    for name in ("chunk_length", "rnn_hidden_dim"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.num_steps % args.chunk_length:
+        raise ValueError(
+            f"--num-steps {args.num_steps} must be a multiple of --chunk-length {args.chunk_length} "
+            "(a rollout is cut into whole chunks); change one of them"
+        )
+
+
+# ------------------------------------------------------------------------------- training
+def train(args: Args) -> dict:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
+    device = experiment.device(args.cuda)
+    algo = "hatrpo_rnn"
+    if args.capture_video and envs.family(args.env_id) not in ("mamujoco", "mpe"):
+        raise ValueError("--capture-video is supported for MA-MuJoCo and MPE envs only")
+
+    if args.checkpoint:  # evaluate a saved model instead of training
+        ckpt = experiment.load_checkpoint(args.checkpoint, algo, args.env_id)
+        # checkpoints made before --state-type lack it: they had the default
+        args = dataclasses.replace(args, **{k: ckpt["args"][k] for k in ARCH_FIELDS if k in ckpt["args"]})
+        args.init_mean = tuple(args.init_mean)
+        probe = envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options))
+        check_args(args, probe.discrete)
+        agents = HAAgents(probe, args).to(device)
+        probe.close()
+        agents.load_state_dict(ckpt["model"])
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        eval_return, eval_win = evaluate(agents, args, device, video)
+        experiment.print_summary(run_dir, 0, eval_return, eval_win, args.eval_episodes, args.checkpoint)
+        return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
+                "eval_return": eval_return, "eval_win_rate": eval_win}  # fmt: skip
+
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    check_args(args, env.discrete)
+    initial_means(args.init_mean, env.n_agents)
+    E, N, T = args.num_envs, env.n_agents, args.num_steps
+    args.batch_size = E * T
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    num_chunks = args.batch_size // args.chunk_length
+    for name in [n for n in ("num_minibatches", "critic_num_minibatches") if hasattr(args, n)]:
+        if not 1 <= getattr(args, name) <= num_chunks:
+            env.close()
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} {getattr(args, name)} must be between 1 and the number of chunks per rollout "
+                f"num_envs * num_steps / chunk_length = {num_chunks}"
+            )
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+
+    agents = HAAgents(env, args).to(device)
+    value_norm = ValueNorm(args.value_norm).to(device)
+    critic_optim = torch.optim.Adam(agents.critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    # ------------------------------------------------------------------ rollout storage
+    f32 = dict(device=device, dtype=torch.float32)
+    obs_buf = torch.zeros((T, E, N, env.obs_dim), **f32)
+    state_buf = torch.zeros((T, E, env.state_dim), **f32)
+    alive_buf = torch.zeros((T, E, N), dtype=torch.bool, device=device)
+    avail_buf = torch.zeros((T, E, N, env.n_actions), dtype=torch.bool, device=device) if env.discrete else None
+    if env.discrete:
+        act_buf = torch.zeros((T, E, N), dtype=torch.long, device=device)
+    else:
+        act_buf = torch.zeros((T, E, N, env.act_dim), **f32)
+    logp_buf = torch.zeros((T, E, N), **f32)
+    per_agent = (N,) if agents.per_agent_values else ()  # FP: values, rewards and ends once per agent
+    value_buf = torch.zeros((T, E, *per_agent), **f32)  # denormalised V(s_t) (or V(s_t, o^i_t, i))
+    reward_buf = torch.zeros((T, E, *per_agent), **f32)
+    done_buf = torch.zeros((T, E, *per_agent), **f32)
+    H = args.rnn_hidden_dim
+    actor_h_buf = torch.zeros((T, E, N, H), **f32)  # the hidden states carried into each step
+    critic_h_buf = torch.zeros((T, E, *per_agent, H), **f32)  # (the critic's: one per env, FP one per agent)
+    starts_buf = torch.zeros((T, E), **f32)  # 1 at the first step of an episode (reset the hidden states)
+
+    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
+    batch = env.reset()
+    actor_h = torch.zeros((E, N, H), **f32)
+    critic_h = agents.critic_hidden(E, device)
+    start = torch.ones(E, **f32)
+    for iteration in range(1, args.num_iterations + 1):
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            critic_optim.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+        # -------------------------------------- Algorithm 2 line 4: collect trajectories with pi_k
+        for t in range(T):
+            obs = torch.as_tensor(batch["obs"], device=device)
+            state = torch.as_tensor(batch["state"], device=device)
+            avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+            obs_buf[t], state_buf[t] = obs, state
+            alive_buf[t] = torch.as_tensor(batch["alive"], device=device)
+            if env.discrete:
+                avail_buf[t] = avail
+            actor_h_buf[t], critic_h_buf[t], starts_buf[t] = actor_h, critic_h, start
+            actions, logp, actor_h = agents.act(obs, avail, actor_h, start)
+            with torch.no_grad():
+                value, critic_h = agents.value(state[None], obs[None], critic_h, start[None])
+                value_buf[t] = value_norm.denormalize(value[0])
+            act_buf[t], logp_buf[t] = actions, logp
+            actions = actions.cpu().numpy()
+            if not env.discrete:
+                actions = np.clip(actions, env.act_low, env.act_high)  # log-prob is of the unclipped sample
+            batch, reward, terminated, truncated, info = env.step(actions)
+            global_step += E
+            start = torch.as_tensor(terminated | truncated, **f32)
+            reward = torch.as_tensor(reward, device=device)
+            if agents.per_agent_values:  # FP: the team reward once per agent, for its own value
+                reward = reward.unsqueeze(1).repeat(1, N)
+            if truncated.any():  # bootstrap from the final state of truncated episodes
+                rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
+                final_state = torch.as_tensor(info["final_state"], device=device)[rows]
+                final_obs = torch.as_tensor(info["final_obs"], device=device)[rows]
+                with torch.no_grad():  # the episode goes on from critic_h: the hidden state before the reset
+                    final_value, _ = agents.value(
+                        final_state[None], final_obs[None], critic_h[rows], torch.zeros_like(start[rows])[None]
+                    )
+                    reward[rows] += args.gamma * value_norm.denormalize(final_value[0])
+            reward_buf[t] = reward
+            done = torch.as_tensor(terminated | truncated, **f32)
+            done_buf[t] = done.unsqueeze(1) if agents.per_agent_values else done
+            if "episode" in info:
+                for e in np.flatnonzero(terminated | truncated):
+                    recent_returns.append(float(info["episode"]["return"][e]))
+                    recent_lengths.append(float(info["episode"]["length"][e]))
+                    if "win" in env.metric_names:
+                        recent_wins.append(float(info["episode"]["win"][e]))
+                    for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                        writer.add_scalar(f"charts/{name}", info["episode"][name][e], global_step)
+
+        # -------------------------------------------------------- line 7: GAE advantages
+        with torch.no_grad():
+            next_state, next_obs = (torch.as_tensor(batch[k], device=device) for k in ("state", "obs"))
+            next_value = value_norm.denormalize(
+                agents.value(next_state[None], next_obs[None], critic_h, start[None])[0][0]
+            )
+        advantages, returns = compute_gae(reward_buf, value_buf, done_buf, next_value, args.gamma, args.gae_lambda)
+
+        # chunks [L, C, ...] of L = chunk_length steps; the critic's minibatches index chunks (the second axis)
+        L, C = args.chunk_length, num_chunks
+        c_obs, c_alive = to_chunks(obs_buf, L), to_chunks(alive_buf, L)
+        c_avail = to_chunks(avail_buf, L) if env.discrete else None
+        c_act, c_logp, c_starts = to_chunks(act_buf, L), to_chunks(logp_buf, L), to_chunks(starts_buf, L)
+        c_adv = to_chunks(advantages, L)
+        if args.norm_adv:  # over the samples of alive agents (with one V(s): the steps with any agent alive)
+            alive = c_alive if agents.per_agent_values else c_alive.any(-1)
+            mu = masked_mean(c_adv, alive)
+            std = masked_mean((c_adv - mu) ** 2, alive).sqrt()
+            c_adv = (c_adv - mu) / (std + 1e-8)
+        if not agents.per_agent_values:
+            c_adv = c_adv.unsqueeze(-1).expand(L, C, N)  # every agent's column holds the team's A
+
+        c_actor_h0 = to_chunks(actor_h_buf, L)[0]  # stored at chunk starts
+        data = {"obs": c_obs, "avail": c_avail, "act": c_act, "logp": c_logp, "alive": c_alive,
+                "actor_h0": c_actor_h0, "starts": c_starts}  # fmt: skip
+        stats = {"kl": [], "surrogate_improvement": [], "expected_improvement": [], "line_search_accepted": []}
+
+        # ------------------------------------------- lines 8-15: the sequential agent updates
+        if agents.share:
+            # one shared policy: a single update on all agents' samples with M = A
+            trpo_update(agents, list(range(N)), data, c_adv, args, stats)
+        else:
+            order = list(range(N)) if args.fixed_order else np.random.permutation(N).tolist()
+            sequential_update(order, c_adv, functools.partial(update_agent, agents, data, args, stats))
+
+        # ----------------------------------------------------- line 16: the critic, after the actors
+        c_state, c_returns = to_chunks(state_buf, L), to_chunks(returns, L)
+        c_critic_h0 = to_chunks(critic_h_buf, L)[0]  # stored at chunk starts
+        # the clip window's centre: the critic's rollout outputs, normalised with the statistics they
+        # were made with (before this update), as HARL clips around its stored value predictions
+        c_old_v = value_norm.normalize(to_chunks(value_buf, L))
+        value_norm.update(c_returns)
+        c_targets = value_norm.normalize(c_returns)
+        critic_mb = C // args.critic_num_minibatches
+        v_losses = []
+        for _ in range(args.critic_epochs):
+            perm = torch.randperm(C, device=device)
+            for begin in range(0, C, critic_mb):
+                idx = perm[begin : begin + critic_mb]
+                new_v, _ = agents.value(c_state[:, idx], c_obs[:, idx], c_critic_h0[idx], c_starts[:, idx])
+                v_loss = args.vf_coef * value_loss(
+                    new_v, c_old_v[:, idx], c_targets[:, idx], args.clip_coef, args.clip_vloss, args.huber_delta
+                )
+                critic_optim.zero_grad()
+                v_loss.backward()
+                nn.utils.clip_grad_norm_(agents.critic.parameters(), args.max_grad_norm)
+                critic_optim.step()
+                v_losses.append(v_loss.item())
+
+        # ------------------------------------------------------------------------ logging
+        sps = int(global_step / (time.time() - start_time))
+        mean_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/learning_rate", critic_optim.param_groups[0]["lr"], global_step)
+        if recent_returns:
+            writer.add_scalar("charts/episodic_return", mean_return, global_step)
+            writer.add_scalar("charts/episodic_length", float(np.mean(recent_lengths)), global_step)
+        if recent_wins:
+            writer.add_scalar("charts/win_rate", float(np.mean(recent_wins)), global_step)
+        writer.add_scalar("losses/value_loss", float(np.mean(v_losses)), global_step)
+        for k, v in stats.items():
+            writer.add_scalar(f"losses/{k}", float(np.mean(v)), global_step)
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
+        if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
+            next_eval += args.eval_interval
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+            eval_return, eval_win = evaluate(agents, args, device, video)
+            experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+
+    env.close()
+    training.close()
+    # ----------------------------------------------------------- save, final evaluation, summary
+    model_path = None
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            f"{run_dir}/{args.exp_name}.pt",
+            {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
+             "value_norm": value_norm.state_dict()},
+        )  # fmt: skip
+    eval_return, eval_win = float("nan"), float("nan")
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        eval_return, eval_win = evaluate(agents, args, device, video)
+        experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+    writer.close()
+    experiment.print_summary(
+        run_dir, global_step, eval_return, eval_win, args.eval_episodes, model_path, training.interrupted
+    )
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+        "eval_return": eval_return,
+        "eval_win_rate": eval_win,
+    }
+
+
+if __name__ == "__main__":
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
