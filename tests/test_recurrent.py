@@ -313,7 +313,7 @@ def test_recurrent_file_remembers_the_cue_and_its_feed_forward_file_cannot(algo,
     # A2C takes one gradient step per rollout (PPO: 10 epochs): 75 rollouts instead of 19
     settings = dict(MEMORY_CUE, total_timesteps=12_000) if algo in A2C_RNN else MEMORY_CUE
     result = m.train(m.Args(**settings))
-    # reached (seed 1): 1.00 greedy over 100 episodes, by 2,000 env steps (A2C: by 10,080)
+    # reached (seed 1): 1.00 greedy over 100 episodes, by 2,000 env steps (A2C: by 9,600)
     assert result["eval_return"] >= 0.95
     # the saved model acts again with its memory: evaluation carries the hidden state across steps
     reloaded = m.train(m.Args(**settings, checkpoint=result["model_path"]))
