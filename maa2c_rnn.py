@@ -47,7 +47,8 @@ kept in every file of the family so that the four compare side by side):
   (V(s^{1..t}, i)); input LayerNorm, orthogonal init (gain 0.01 on the policy head, orthogonal GRU
   weights, zero GRU biases), Adam eps 1e-5 (EPyMARL: PyTorch defaults).
 - Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
-  episodes (10 episodes); episodes may span rollouts.
+  episodes (10 episodes); episodes may span rollouts: the hidden states are carried into the
+  next rollout and gradients stop at its first step (EPyMARL backpropagates through whole episodes).
 - Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the actor loss
   or the entropy. The critic learns them too: GAE bootstraps an agent's last living step from
   its value after death, V(s, i) of a dead agent i, the team's return to come, so that value
