@@ -9,7 +9,7 @@ import pytest
 import torch
 
 ALGOS = ["ia2c", "ippo", "maa2c", "mappo", "maddpg", "coma", "happo", "hatrpo", "mat"]
-ALGOS += ["mappo_rnn", "ippo_rnn", "happo_rnn", "hatrpo_rnn"]  # recurrent variants (issue 48)
+ALGOS += ["mappo_rnn", "ippo_rnn", "happo_rnn", "hatrpo_rnn", "ia2c_rnn", "maa2c_rnn"]  # recurrent variants (issue 48)
 
 
 def pytest_addoption(parser):

@@ -1,6 +1,8 @@
-"""The recurrent variants mappo_rnn.py, ippo_rnn.py, happo_rnn.py and hatrpo_rnn.py (issue 48): the chunking of a
-rollout, the masked GRU step, the replay of stored hidden states in training, and learning the
-memory-cue task that no feed-forward policy can beat chance on. Short runs on every env family,
+"""The recurrent variants mappo_rnn.py, ippo_rnn.py, happo_rnn.py, hatrpo_rnn.py, ia2c_rnn.py and
+maa2c_rnn.py (issue 48): the chunking of a rollout, the masked GRU step, the replay of stored hidden
+states in training, and learning the memory-cue task that no feed-forward policy can beat chance on.
+The A2C files take one gradient step per rollout and train on the whole rollout as one sequence per
+env (no chunks), so the chunking tests are not theirs. Short runs on every env family,
 saving and reloading are in tests/test_short_runs.py.
 
 The heterogeneous-agent files (HAAgents: one actor per agent, `dist(i, ...)`, and one critic whose
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 
 import envs
 
-RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn", "hatrpo_rnn"]
+RNN = ["mappo_rnn", "ippo_rnn", "happo_rnn", "hatrpo_rnn"]  # train on chunks of --chunk-length steps
+A2C_RNN = ["ia2c_rnn", "maa2c_rnn"]  # one gradient step per rollout: the rollout is one sequence per env
+OBS_CRITIC = {"ippo_rnn", "ia2c_rnn"}  # critics on the agent's observations, not the state
 
 
 def load(name):
@@ -91,7 +95,7 @@ def decaying_gru() -> nn.GRUCell:
     return gru
 
 
-@pytest.mark.parametrize("algo", RNN)
+@pytest.mark.parametrize("algo", RNN + A2C_RNN)
 def test_masked_gru_resets_the_hidden_state_exactly_at_episode_starts(algo):
     x = torch.tensor([[0.0, 0.0], [2.0, 2.0], [0.0, 0.0]]).unsqueeze(-1)  # [L = 3, B = 2, 1]
     h = torch.tensor([[4.0], [4.0]])  # carried into step 0
@@ -111,25 +115,28 @@ def tiny_env(n_actions: int = 3, obs_dim: int = 5, state_dim: int = 4):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("algo", RNN)
+@pytest.mark.parametrize("algo", RNN + A2C_RNN)
 @pytest.mark.parametrize("share", [True, False])
 def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
     """Stepping through a rollout with the carried hidden state (reset at episode starts), storing
     the state carried into each step, gives the same policy and values as the chunks that start
-    from the stored states: the ratio pi/pi_old is 1 before the first update."""
+    from the stored states: the ratio pi/pi_old is 1 before the first update. The A2C files'
+    sequence is the whole rollout of each env, from the state carried into its first step."""
     m = load(algo)
     torch.manual_seed(0)
     env = tiny_env()
     agent = agent_class(m)(env, m.Args(share_params=share))
-    T, E, N, L = 8, 3, 2, 4
+    T, E, N = 8, 3, 2
+    # the training sequences [L, C, ...]: chunks of L = 4 steps (C = 2 E), or the whole rollout (C = E)
+    L, cut = (4, lambda x: m.to_chunks(x, 4)) if hasattr(m, "to_chunks") else (T, lambda x: x)
     obs, state = torch.randn(T, E, N, env.obs_dim), torch.randn(T, E, env.state_dim)
     avail = torch.ones(T, E, N, env.n_actions, dtype=torch.bool)
     starts = torch.zeros(T, E)
-    starts[0] = 1.0
+    starts[0, 2] = 1.0  # envs 0 and 1 go on with episodes begun in an earlier rollout
     starts[2, 0] = starts[5, 1] = starts[4, 2] = 1.0  # episode starts inside chunks and at a chunk's start
-    if algo == "ippo_rnn":
-        state = None  # IPPO's critics read the observations
-    actor_h, critic_h = zero_hidden(agent, E)
+    if algo in OBS_CRITIC:
+        state = None  # IPPO's and IA2C's critics read the observations
+    actor_h, critic_h = [torch.randn_like(h) for h in zero_hidden(agent, E)]  # carried in from the last rollout
     actor_h_buf, critic_h_buf, logits, values = [], [], [], []
     with torch.no_grad():
         for t in range(T):
@@ -142,20 +149,25 @@ def test_training_on_chunks_replays_the_rollouts_outputs(algo, share):
             logits.append(step_logits[0])
             values.append(value[0])
         c_logits, c_values, _, _ = policy_and_values(
-            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
-            m.to_chunks(torch.stack(actor_h_buf), L)[0], m.to_chunks(torch.stack(critic_h_buf), L)[0],
-            m.to_chunks(starts, L),
+            agent, cut(obs), cut(avail), None if state is None else cut(state),
+            cut(torch.stack(actor_h_buf))[0], cut(torch.stack(critic_h_buf))[0], cut(starts),
         )  # fmt: skip
-        # the memory matters: from zeros instead of the stored states, the second chunks of envs 0 and 1
-        # differ; env 2's does not, as its episode starts at the chunk's first step (reset)
+        # the memory matters: from zeros instead of the stored states, a sequence differs up to its first
+        # episode start (reset) and is the same from there on
+        C = cut(starts).shape[1]
         z_logits, _, _, _ = policy_and_values(
-            agent, m.to_chunks(obs, L), m.to_chunks(avail, L), None if state is None else m.to_chunks(state, L),
-            *zero_hidden(agent, 2 * E), m.to_chunks(starts, L),
+            agent, cut(obs), cut(avail), None if state is None else cut(state), *zero_hidden(agent, C), cut(starts),
         )  # fmt: skip
-    assert torch.allclose(c_logits, m.to_chunks(torch.stack(logits), L), atol=1e-5)
-    assert torch.allclose(c_values, m.to_chunks(torch.stack(values), L), atol=1e-5)
-    assert not torch.allclose(z_logits[0, E : E + 2], c_logits[0, E : E + 2], atol=1e-3)
-    assert torch.allclose(z_logits[:, E + 2], c_logits[:, E + 2], atol=1e-5)
+    assert torch.allclose(c_logits, cut(torch.stack(logits)), atol=1e-5)
+    assert torch.allclose(c_values, cut(torch.stack(values)), atol=1e-5)
+    first_starts = [int(s.nonzero()[0]) if s.any() else L for s in cut(starts).T]  # per sequence
+    # chunks of 4: env 0's first chunk resets at its step 2, env 2's chunks at their step 0, env 1's second
+    # at its step 1; the whole rollouts: env 0 at step 2, env 1 at step 5, env 2 at step 0
+    assert first_starts == ([2, 4, 0, 4, 1, 0] if L == 4 else [2, 5, 0])
+    for c, first in enumerate(first_starts):
+        assert torch.allclose(z_logits[first:, c], c_logits[first:, c], atol=1e-5)
+        if first > 0:
+            assert not torch.allclose(z_logits[0, c], c_logits[0, c], atol=1e-3)
 
 
 class TruncatedMemoryCue:
@@ -172,7 +184,7 @@ class TruncatedMemoryCue:
         return batch, reward, truncated, terminated, info
 
 
-@pytest.mark.parametrize("algo", RNN)
+@pytest.mark.parametrize("algo", RNN + A2C_RNN)
 def test_truncated_episode_bootstraps_from_the_critics_hidden_state_after_its_last_step(algo, tmp_path, monkeypatch):
     """V(final state) of a truncated episode continues the episode: the critic runs on it from the
     hidden state its last step produced (not reset, not the one before that step); the next episode's
@@ -233,6 +245,56 @@ def test_rollout_not_a_multiple_of_the_chunk_length_is_refused(algo):
         m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=20, chunk_length=10, **{flag: 5}))
 
 
+@pytest.mark.parametrize("algo", A2C_RNN)
+def test_a2c_trains_each_rollout_as_one_sequence_from_the_hidden_states_carried_into_it(algo, tmp_path, monkeypatch):
+    """Two rollouts of 6 steps on memory-cue (episodes of 4): the second rollout begins inside an
+    episode, so its training sequence must start from the hidden states the first rollout's last
+    step produced (not zeros), with starts 0, 0, 1, 0, 0, 0 (the next episode begins at step 8)."""
+    monkeypatch.chdir(tmp_path)
+    m = load(algo)
+    calls = {"actor": [], "critic": []}  # (steps, h carried in, starts, h after) of every call
+
+    class RecordingAgent(m.Agent):
+        def dist(self, obs, avail, h, starts):
+            dist, h_after = super().dist(obs, avail, h, starts)
+            calls["actor"].append((obs.shape[0], h.clone(), starts.clone(), h_after.clone()))
+            return dist, h_after
+
+        def get_value(self, x, h, starts):
+            value, h_after = super().get_value(x, h, starts)
+            calls["critic"].append((x.shape[0], h.clone(), starts.clone(), h_after.clone()))
+            return value, h_after
+
+    monkeypatch.setattr(m, "Agent", RecordingAgent)
+    m.train(m.Args(env_id="memory-cue", num_envs=2, num_steps=6, total_timesteps=24, eval_interval=0,
+                   eval_episodes=1, save_model=False))  # fmt: skip
+    for net in ("actor", "critic"):
+        rollout_steps = [c for c in calls[net] if c[0] == 1]
+        sequences = [c for c in calls[net] if c[0] == 6]  # the training calls, one per rollout
+        assert len(sequences) == 2
+        steps, h_in, starts, _ = sequences[0]
+        assert torch.equal(starts[:, 0], torch.tensor([1.0, 0, 0, 0, 1, 0]))  # env 0: episodes start at 0 and 4
+        assert torch.equal(h_in, torch.zeros_like(h_in))
+        steps, h_in, starts, _ = sequences[1]
+        assert torch.equal(starts[:, 0], torch.tensor([0.0, 0, 1, 0, 0, 0]))
+        # the hidden state after the first rollout's last (6th) step; the critic's V(next obs) call that
+        # follows it in GAE does not move the carried state
+        assert h_in.abs().sum() > 0
+        assert torch.equal(h_in, rollout_steps[5][3])
+
+
+@pytest.mark.parametrize("algo", A2C_RNN)
+def test_a2c_checkpoint_keeps_its_network_sizes(algo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = load(algo)
+    small = dict(env_id="memory-cue", num_envs=2, num_steps=4, eval_interval=0, eval_episodes=2)
+    trained = m.train(m.Args(**small, total_timesteps=8, rnn_hidden_dim=8, hidden_dim=16))
+    saved = torch.load(trained["model_path"], weights_only=False)
+    assert saved["algo"] == algo and saved["args"]["rnn_hidden_dim"] == 8 and saved["args"]["hidden_dim"] == 16
+    reloaded = m.train(m.Args(**small, checkpoint=trained["model_path"]))  # default sizes here: the saved ones win
+    assert reloaded["eval_return"] == trained["eval_return"]  # the same greedy episodes, same env seed
+
+
 # ---------------------------------------------------------------------------------- learning
 MEMORY_CUE = dict(
     env_id="memory-cue", seed=1, num_envs=16, num_steps=10, total_timesteps=3000, eval_interval=0, eval_episodes=100
@@ -240,21 +302,23 @@ MEMORY_CUE = dict(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", RNN)
+@pytest.mark.parametrize("algo", RNN + A2C_RNN)
 def test_recurrent_file_remembers_the_cue_and_its_feed_forward_file_cannot(algo, tmp_path, monkeypatch):
     """memory-cue: a cue at the first of 4 steps, acted on at the last. Optimum 1.0; a memoryless
-    policy scores 0.5 in expectation. Chunks of 10 steps span episode starts, so the resets
-    inside chunks are exercised."""
+    policy scores 0.5 in expectation. Chunks (A2C: rollouts) of 10 steps span episode starts, so
+    the resets inside them are exercised."""
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
     m = load(algo)
-    result = m.train(m.Args(**MEMORY_CUE))
-    # reached (seed 1): 1.00 greedy over 100 episodes, by 2,000 env steps
+    # A2C takes one gradient step per rollout (PPO: 10 epochs): 75 rollouts instead of 19
+    settings = dict(MEMORY_CUE, total_timesteps=12_000) if algo in A2C_RNN else MEMORY_CUE
+    result = m.train(m.Args(**settings))
+    # reached (seed 1): 1.00 greedy over 100 episodes, by 2,000 env steps (A2C: by 9,600)
     assert result["eval_return"] >= 0.95
     # the saved model acts again with its memory: evaluation carries the hidden state across steps
-    reloaded = m.train(m.Args(**MEMORY_CUE, checkpoint=result["model_path"]))
+    reloaded = m.train(m.Args(**settings, checkpoint=result["model_path"]))
     assert reloaded["eval_return"] >= 0.95
     ff = load(algo.removesuffix("_rnn"))
-    ff_result = ff.train(ff.Args(**MEMORY_CUE, save_model=False))
+    ff_result = ff.train(ff.Args(**settings, save_model=False))
     # feed-forward (seed 1): 0.42 greedy, chance
     assert ff_result["eval_return"] <= 0.65

@@ -33,6 +33,8 @@ TINY = {
     "ippo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
     "happo_rnn": dict(num_steps=16, chunk_length=8, update_epochs=1, num_minibatches=2),
     "hatrpo_rnn": dict(num_steps=16, chunk_length=8, critic_num_minibatches=2),
+    "ia2c_rnn": dict(num_steps=5),
+    "maa2c_rnn": dict(num_steps=5),
 }
 TOTAL = {"default": 128, "tsc-2x2": 64}  # env steps of a short run
 

@@ -1,0 +1,646 @@
+# rIA2C: Papoudakis et al., "Benchmarking Multi-Agent Deep Reinforcement Learning Algorithms in Cooperative Tasks", 2021
+"""rIA2C: the recurrent variant of ia2c.py (EPyMARL's IA2C runs GRU agents by default): GRU actor
+and GRU critic, each on the agent's own observations.
+
+What recurrence changes (`diff ia2c.py ia2c_rnn.py` shows exactly this): the actor and the critic
+are [LayerNorm] -> Linear -> ReLU -> GRU -> LayerNorm -> Linear -> ReLU -> head (the MAPPO paper's
+code: MLP base, RNNLayer, head), each with its own hidden state per agent, carried across the
+steps of an episode (and across rollouts) and reset to 0 at its first step. A2C takes one
+gradient step per rollout, so there are no chunks and no `--chunk-length`: the whole rollout of
+`--num-steps` is one training sequence per env, replayed from the hidden states carried into
+its first step (the only ones the rollout stores) and reset inside it exactly where an episode
+starts; gradients flow back through the whole rollout (EPyMARL's agents likewise unroll over the
+whole batch of episodes). With memory, V(o_i^{1..t}) sees the agent's observation history.
+Everything else is as in ia2c.py, described below.
+
+In the lecture's terms: independent learning; actor loss = A2C loss (advantage policy gradient
+plus an entropy bonus) on each agent's policy pi(a_i | o_i); critic type = V-function on the
+agent's own observation, V(o_i) (no global information anywhere); with parameter sharing
+(default, as in EPyMARL) one actor and one critic serve all agents, with the one-hot agent id
+appended to both inputs, else each agent has its own pair on its true observation/action sizes.
+One gradient step per rollout: no ratio, no clipping, no epochs.
+
+    A_t^i = GAE(lambda) over delta_t^i = r_t + gamma * V(o^i_{t+1}) - V(o^i_t)
+    L_actor = -E[log pi(a_i | o_i) * A] - c_ent * H[pi]
+    L_critic = E[(V(o_i) - R)^2] on normalised targets R (ValueNorm)
+
+Reference implementation: EPyMARL (its recent `ia2c.yaml`, `ActorCriticLearner` with the
+`ac_critic`; earlier versions of ia2c.yaml had lr 3e-4, width 64, hard target
+updates every 200 training steps and MLP agents).
+Kept from it: the shared team reward, parameter sharing with the agent id, a V(o_i) critic,
+lr 5e-4 for actor and critic (separate Adam optimisers), gamma 0.99, gradient-norm clipping
+at 10, hidden width 128, masked categorical actions.
+
+Deliberate differences from EPyMARL (most of them the MAPPO paper's implementation details,
+kept in every file of the family so that the four compare side by side):
+- GAE(lambda = 0.95) advantages and returns instead of EPyMARL's 5-step returns
+  (`q_nstep: 5`); truncated episodes bootstrap from V(final obs) (info["final_obs"]).
+- Value normalisation with running statistics (the MAPPO paper's ValueNorm) instead of
+  EPyMARL's reward standardisation (`standardise_rewards`), and advantage normalisation over
+  the batch (EPyMARL uses raw advantages).
+- Entropy coefficient 0.01 (EPyMARL's maa2c.yaml value) instead of ia2c.yaml's 0.001, so that
+  IA2C and MAA2C differ only in their critic's input; with normalised advantages the bonus weighs
+  differently here anyway (docs/smax.md, "SMAX 3m: why the A2C-style files stop near 48%").
+- No target critic (EPyMARL bootstraps from a soft-updated target critic, tau 0.01): GAE uses the
+  critic's values from the rollout, as in A2C/PPO.
+- GRU networks as EPyMARL's agents (its RNNAgent: Linear+ReLU, GRUCell, Linear head; its
+  critics are MLPs), but with the MAPPO paper's LayerNorm after the GRU and a Linear+ReLU between
+  it and the head, so that the recurrent files of the project share one network; a GRU critic too
+  (V(o_i^{1..t})); input LayerNorm, orthogonal init (gain 0.01 on the policy head, orthogonal GRU
+  weights, zero GRU biases), Adam eps 1e-5 (EPyMARL: PyTorch defaults).
+- Fixed-length rollouts of num_envs x num_steps env steps (8 x 25) instead of batches of whole
+  episodes (10 episodes); episodes may span rollouts: the hidden states are carried into the
+  next rollout and gradients stop at its first step (EPyMARL backpropagates through whole episodes).
+- Death masking: samples of dead agents (batch["alive"] False, SMAX) do not enter the actor loss
+  or the entropy. The critic learns them too: GAE bootstraps an agent's last living step from
+  its value after death (V of an all-zero observation), the team's return to come, so that value
+  must be learned; left untrained it can feed back through ValueNorm without bound, as it did
+  for IPPO on smax-2s3z (docs/ippo.md).
+- Continuous actions (EPyMARL's A2C is discrete only): Gaussian with a learned
+  state-independent log-std initialised at 0; the sample is clipped to the action bounds only
+  when sent to the env (log-probs use the unclipped sample), padded action dims are excluded
+  from log-probs and entropy.
+"""
+
+import dataclasses
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Categorical, Normal
+
+import envs
+from envs import experiment
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, train on the GPU (an error when torch finds none)"""
+    track: bool = False
+    """if toggled, mirror the logs to Weights & Biases (needs pip install wandb; WANDB_MODE=offline works offline)"""
+    wandb_project_name: str = "marl-pg"
+    """the W&B project of --track"""
+    wandb_entity: str | None = None
+    """the W&B entity (user or team) of --track (None: your default)"""
+    env_id: str = "mpe-spread"
+    """the id of the environment; every id: python -c "import envs; print(envs.ids())" (see docs/usage.md)"""
+    env_options: tuple[str, ...] = ()
+    """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
+    total_timesteps: int = 300_000
+    """total env steps of the experiment (one step of all agents in one env counts once)"""
+    num_envs: int = 8
+    """the number of parallel environments"""
+    capture_video: bool = False
+    """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
+    save_model: bool = True
+    """if toggled, save the model to <run dir>/<exp_name>.pt (at the end, and on Ctrl-C)"""
+    eval_episodes: int = 10
+    """the number of episodes of each greedy evaluation"""
+    eval_interval: int = 50_000
+    """env steps between greedy evaluations (0 = only at the end)"""
+    checkpoint: str | None = None
+    """path of a saved model to evaluate instead of training"""
+    share_params: bool = True
+    """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
+
+    # Algorithm specific arguments
+    num_steps: int = 25
+    """the number of steps per env in each rollout (one update per rollout)"""
+    learning_rate: float = 5e-4
+    """the learning rate of the actor optimizer"""
+    critic_learning_rate: float = 5e-4
+    """the learning rate of the critic optimizer"""
+    anneal_lr: bool = False
+    """if toggled, linearly anneal the learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of GAE(lambda)"""
+    norm_adv: bool = True
+    """if toggled, normalise the advantages per batch (off: better on smax-3m, fails on 2s3z: docs/smax.md)"""
+    value_norm: bool = True
+    """if toggled, normalise the value targets with running statistics (the MAPPO paper's ValueNorm)"""
+    ent_coef: float = 0.01
+    """the coefficient of the entropy bonus (0.03: better on smax-3m, still wins smax-2s3z: docs/smax.md)"""
+    vf_coef: float = 1.0
+    """the coefficient of the value loss"""
+    max_grad_norm: float = 10.0
+    """the maximum norm of the gradient of each network"""
+    hidden_dim: int = 128
+    """the width of the Linear layers before and after the GRU of the actor and the critic"""
+    rnn_hidden_dim: int = 64
+    """the width of the GRU (its hidden state) of the actor and the critic"""
+    feature_norm: bool = True
+    """if toggled, apply a LayerNorm to the network inputs (the MAPPO paper's feature normalisation)"""
+    log_std_init: float = 0.0
+    """the initial log-std of the Gaussian policy (continuous actions)"""
+    init_mean: tuple[float, ...] = ()
+    """the initial mean of the Gaussian policy: one value, or one per agent with --no-share-params (empty: 0)"""
+    torch_threads: int = 1
+    """the number of CPU threads torch may use (small networks run fastest on one)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """the env steps per rollout (filled in at runtime)"""
+    num_iterations: int = 0
+    """the number of rollouts (filled in at runtime)"""
+
+
+# ----------------------------------------------------------------------------- networks
+def layer_init(layer, std=2**0.5, bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def gru_sequence(gru: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """The masked GRU step along a sequence: the hidden state is reset to 0 where an episode starts.
+
+    x [L, B, d]; h [B, H], the hidden state carried into x[0]; starts [L, B], 1 where x[t] is the
+    first step of an episode. h_t = GRU(x_t, (1 - start_t) * h_{t-1}); returns h_0 ... h_{L-1} [L, B, H].
+    """
+    hs = []
+    for x_t, start_t in zip(x, starts):
+        h = gru(x_t, h * (1.0 - start_t).unsqueeze(-1))
+        hs.append(h)
+    return torch.stack(hs)
+
+
+class RecurrentNet(nn.Module):
+    """[LayerNorm] -> Linear -> ReLU -> GRU -> LayerNorm -> Linear -> ReLU -> Linear, orthogonally initialised.
+
+    The MAPPO paper's RNNLayer (on-policy/algorithms/utils/rnn.py: GRU, orthogonal weights, zero
+    biases, LayerNorm on its output) between a Linear layer before and one after.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, rnn_hidden_dim: int, feature_norm: bool, out_std: float
+    ):
+        super().__init__()
+        self.before = nn.Sequential(
+            *([nn.LayerNorm(in_dim)] if feature_norm else []), layer_init(nn.Linear(in_dim, hidden_dim)), nn.ReLU()
+        )
+        self.gru = nn.GRUCell(hidden_dim, rnn_hidden_dim)
+        for name, param in self.gru.named_parameters():
+            nn.init.orthogonal_(param) if name.startswith("weight") else nn.init.zeros_(param)
+        self.after = nn.Sequential(
+            nn.LayerNorm(rnn_hidden_dim),
+            layer_init(nn.Linear(rnn_hidden_dim, hidden_dim)),
+            nn.ReLU(),
+            layer_init(nn.Linear(hidden_dim, out_dim), std=out_std),
+        )
+
+    def forward(self, x, h, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, B, in_dim], h [B, H] carried into x[0], starts [L, B] -> outputs [L, B, out_dim], h after x[-1]."""
+        hs = gru_sequence(self.gru, self.before(x), h, starts)
+        return self.after(hs), hs[-1]
+
+
+class ValueNorm(nn.Module):
+    """Running mean/std of the value targets (the MAPPO paper's ValueNorm, on-policy/utils/valuenorm.py).
+
+    Exponential moving averages of the mean and the mean square with weight beta, de-biased like
+    Adam's moments; the critic learns normalised targets and its output is de-normalised for GAE.
+    """
+
+    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5):
+        super().__init__()
+        self.beta, self.epsilon = beta, epsilon
+        self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("running_mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debiasing_term", torch.zeros((), dtype=torch.float64))
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debiasing_term.clamp(min=self.epsilon)
+        mean, mean_sq = self.running_mean / debias, self.running_mean_sq / debias
+        return mean, (mean_sq - mean**2).clamp(min=1e-2)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.running_mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debiasing_term.mul_(self.beta).add_(1 - self.beta)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return ((x - mean) / var.sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return (x * var.sqrt() + mean).to(x.dtype)
+
+
+def masked_categorical(logits: torch.Tensor, avail: torch.Tensor) -> Categorical:
+    """A categorical over the available actions only: unavailable logits set to -1e10."""
+    return Categorical(logits=logits.masked_fill(~avail, -1e10))
+
+
+class Agent(nn.Module):
+    """Decentralised recurrent actors pi(a_i | o_i^{1..t}) and decentralised recurrent critics V(o_i^{1..t}).
+
+    With share_params: one actor and one critic, both on [padded o_i, onehot(i)].
+    Without: actor i and critic i on o_i[:obs_dims[i]], actor i with act_dims[i] outputs.
+    Every agent has its own actor and critic hidden state, [B, N, rnn_hidden_dim] each. The methods
+    work on sequences [L, B, N, ...] (a rollout step is L = 1); outputs are padded to the largest
+    action size.
+    """
+
+    def __init__(self, env, args: Args):
+        super().__init__()
+        self.n_agents, self.discrete, self.share = env.n_agents, env.discrete, args.share_params
+        self.obs_dims, self.act_dims = list(env.obs_dims), list(env.act_dims)
+        self.n_out = env.n_actions if env.discrete else env.act_dim
+        self.rnn_hidden_dim = args.rnn_hidden_dim
+        N, h, rh, fn = self.n_agents, args.hidden_dim, args.rnn_hidden_dim, args.feature_norm
+        if self.share:
+            self.actors = nn.ModuleList([RecurrentNet(env.obs_dim + N, self.n_out, h, rh, fn, 0.01)])
+            self.critics = nn.ModuleList([RecurrentNet(env.obs_dim + N, 1, h, rh, fn, 1.0)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((self.n_out,), args.log_std_init))])
+        else:
+            self.actors = nn.ModuleList(
+                [RecurrentNet(self.obs_dims[i], self.act_dims[i], h, rh, fn, 0.01) for i in range(N)]
+            )
+            self.critics = nn.ModuleList([RecurrentNet(self.obs_dims[i], 1, h, rh, fn, 1.0) for i in range(N)])
+            self.log_stds = nn.ParameterList([nn.Parameter(torch.full((d,), args.log_std_init)) for d in self.act_dims])
+        if args.init_mean and not self.discrete:  # start the Gaussian means there (the output bias)
+            if len(args.init_mean) not in (1, N):
+                raise ValueError(f"--init-mean needs 1 or n_agents = {N} values, got {len(args.init_mean)}")
+            means = list(args.init_mean) * N if len(args.init_mean) == 1 else list(args.init_mean)
+            for actor, mean in zip(self.actors, means):
+                nn.init.constant_(actor.after[-1].bias, mean)
+        if self.discrete:
+            self.log_stds = nn.ParameterList()  # no Gaussian
+        self.register_buffer("agent_ids", torch.eye(N))
+        # 1 on an agent's true action dims, 0 on padding (continuous log-probs and entropies)
+        act_mask = torch.zeros(N, max(self.n_out, 1))
+        for i, d in enumerate(self.act_dims):
+            act_mask[i, :d] = 1.0
+        self.register_buffer("act_mask", act_mask)
+        self.value_norm = ValueNorm()
+
+    def _with_id(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., N, d] -> [..., N, d + N]: append the one-hot agent id."""
+        return torch.cat([x, self.agent_ids.expand(*x.shape[:-2], -1, -1)], dim=-1)
+
+    def _run(self, nets: nn.ModuleList, x: torch.Tensor | list[torch.Tensor], h, starts, out_dim: int):
+        """The shared net on x [L, B, N, d] (agents folded into the batch), or net i on x[i] [L, B, d_i].
+
+        h [B, N, H] carried in, starts [L, B] -> outputs [L, B, N, out_dim] (zero-padded), h [B, N, H] after.
+        """
+        if self.share:
+            L, B, N, _ = x.shape
+            out, h = nets[0](x.flatten(1, 2), h.flatten(0, 1), starts.repeat_interleave(N, dim=1))
+            return out.view(L, B, N, out_dim), h.view(B, N, -1)
+        outs, hs = zip(*[net(x_i, h[:, i], starts) for i, (net, x_i) in enumerate(zip(nets, x))])
+        return torch.stack([F.pad(o, (0, out_dim - o.shape[-1])) for o in outs], dim=2), torch.stack(hs, dim=1)
+
+    def actor_out(self, obs: torch.Tensor, h: torch.Tensor, starts: torch.Tensor):
+        """obs [L, B, N, obs_dim] -> logits or Gaussian means [L, B, N, n_out] (padded with 0), actor h."""
+        if self.share:
+            return self._run(self.actors, self._with_id(obs), h, starts, self.n_out)
+        return self._run(self.actors, [obs[:, :, i, :d] for i, d in enumerate(self.obs_dims)], h, starts, self.n_out)
+
+    def log_std(self) -> torch.Tensor:
+        """[N, n_out] (padded dims 0)."""
+        if self.share:
+            return self.log_stds[0].expand(self.n_agents, -1)
+        return torch.stack([F.pad(s, (0, self.n_out - s.shape[0])) for s in self.log_stds])
+
+    def get_value(self, obs: torch.Tensor, h: torch.Tensor, starts: torch.Tensor):
+        """obs [L, B, N, obs_dim] -> normalised V(o_i) [L, B, N], critic h [B, N, H] after the last step."""
+        if self.share:
+            value, h = self._run(self.critics, self._with_id(obs), h, starts, 1)
+        else:
+            value, h = self._run(self.critics, [obs[:, :, i, :d] for i, d in enumerate(self.obs_dims)], h, starts, 1)
+        return value[..., 0], h
+
+    def dist(self, obs: torch.Tensor, avail: torch.Tensor | None, h: torch.Tensor, starts: torch.Tensor):
+        out, h = self.actor_out(obs, h, starts)
+        if self.discrete:
+            return masked_categorical(out, avail), h
+        return Normal(out, self.log_std().exp()), h
+
+    def log_prob(self, dist, action: torch.Tensor) -> torch.Tensor:
+        """[..., N] log-probs of the joint action; padded continuous dims excluded."""
+        return dist.log_prob(action) if self.discrete else (dist.log_prob(action) * self.act_mask).sum(-1)
+
+    def entropy(self, dist) -> torch.Tensor:
+        """[..., N] entropies; padded continuous dims excluded."""
+        return dist.entropy() if self.discrete else (dist.entropy() * self.act_mask).sum(-1)
+
+    def act(self, obs, avail, h, start, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step: obs [B, N, obs_dim], actor h [B, N, H] carried in, start [B] (1 at an episode's first step).
+
+        Samples (or takes the greedy) joint action: [B, N] ints or [B, N, act_dim] floats, its
+        log-probs, and the actor hidden state after the step.
+        """
+        dist, h = self.dist(obs[None], None if avail is None else avail[None], h, start[None])
+        if greedy:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return action[0], self.log_prob(dist, action)[0], h
+
+
+# ------------------------------------------------------------------ the algorithm's pieces
+def compute_gae(rewards, values, next_values, terminated, dones, gamma: float, gae_lambda: float):
+    """GAE(lambda) (Schulman et al. 2016, eq. 16) with episode ends inside the rollout.
+
+    All inputs [T, ...] (same shape). values[t] = V(o_t); next_values[t] = V of the observation
+    that followed step t: V(o_{t+1}), or on the last step of an episode V(final obs) (used only
+    if the episode was truncated, not terminated). dones = terminated | truncated stops the sum.
+        delta_t = r_t + gamma * (1 - term_t) * next_values[t] - values[t]
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+    Returns advantages and returns (= advantages + values, the critic's targets).
+    """
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * (1.0 - terminated[t]) * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1.0 - dones[t]) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where mask is 1 (death masking)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def a2c_loss(logprob, advantages, mask):
+    """A2C actor loss: -E[log pi(a_i | o_i) * A] (the advantage policy gradient)."""
+    return -masked_mean(logprob * advantages, mask)
+
+
+# ------------------------------------------------------------------------- boilerplate
+def to_env_actions(env, action: torch.Tensor) -> np.ndarray:
+    """Clip Gaussian samples to the action bounds (only here, at the env); ints pass through."""
+    a = action.cpu().numpy()
+    return a if env.discrete else np.clip(a, env.act_low, env.act_high)
+
+
+def evaluate(agent: Agent, args: Args, device, video_path: str | None = None) -> tuple[float, float]:
+    """Greedy actions on a separate env until eval_episodes episodes ended: (mean return, win rate).
+    With a video_path, the first episode of env 0 is recorded as well (the numbers do not change)."""
+    env = envs.make(
+        args.env_id,
+        num_envs=min(args.eval_episodes, 8),
+        seed=args.seed + 10_000,
+        **envs.parse_options(args.env_options),
+        **experiment.render_options(video_path),
+    )
+    returns, wins = [], []
+    h = torch.zeros((env.num_envs, env.n_agents, agent.rnn_hidden_dim), device=device)  # carried across steps
+    start = torch.ones(env.num_envs, device=device)  # 1 at each env's first step of an episode: reset h
+    try:
+        video = experiment.Video(env, video_path)
+        batch = env.reset()
+        while len(returns) < args.eval_episodes:
+            video.capture()
+            with torch.no_grad():
+                obs = torch.as_tensor(batch["obs"], device=device)
+                avail = torch.as_tensor(batch["avail"], device=device) if env.discrete else None
+                action, _, h = agent.act(obs, avail, h, start, greedy=True)
+            batch, _, terminated, truncated, info = env.step(to_env_actions(env, action))
+            video.stepped(terminated, truncated)
+            start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            for e in np.flatnonzero(terminated | truncated):
+                returns.append(float(info["episode"]["return"][e]))
+                if "win" in env.metric_names:
+                    wins.append(float(info["episode"]["win"][e]))
+        video.save()
+    finally:
+        env.close()
+    returns = returns[: args.eval_episodes]
+    return float(np.mean(returns)), float(np.mean(wins[: args.eval_episodes])) if wins else float("nan")
+
+
+def check_args(args: Args) -> None:
+    family = envs.family(args.env_id)  # raises a ValueError listing the valid ids
+    if len(args.init_mean) > 1 and args.share_params:
+        raise ValueError("one --init-mean per agent needs --no-share-params (a shared actor has one output bias)")
+    if args.capture_video and family not in ("mamujoco", "mpe"):
+        raise ValueError(f"--capture-video is supported for MA-MuJoCo and MPE only, not for {args.env_id} ({family})")
+    for name in ("num_envs", "num_steps", "eval_episodes", "rnn_hidden_dim"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
+
+
+def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win_rate) -> dict:
+    return {
+        "run_dir": run_dir,
+        "model_path": model_path,
+        "global_step": global_step,
+        "episodic_return": episodic_return,
+        "eval_return": eval_return,
+        "eval_win_rate": eval_win_rate,
+    }
+
+
+def train(args: Args) -> dict:
+    check_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # skip per-call argument checks (speed)
+    device = experiment.device(args.cuda)
+
+    # ---------------------------------------------------------------- evaluate a checkpoint
+    if args.checkpoint is not None:
+        ckpt = experiment.load_checkpoint(args.checkpoint, "ia2c_rnn", args.env_id)
+        saved = Args(**{k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+        with envs.make(args.env_id, num_envs=1, seed=args.seed, **envs.parse_options(args.env_options)) as probe:
+            agent = Agent(probe, saved).to(device)
+        agent.load_state_dict(ckpt["model"])
+        run_dir = os.path.dirname(args.checkpoint)  # a video goes next to the model
+        video = experiment.video_path(run_dir, "checkpoint") if args.capture_video else None
+        eval_return, eval_win = evaluate(agent, args, device, video)
+        experiment.print_summary(run_dir, 0, eval_return, eval_win, args.eval_episodes, args.checkpoint)
+        return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
+
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    E, N, T = args.num_envs, env.n_agents, args.num_steps
+    args.batch_size = E * T
+    args.num_iterations = max(1, -(-args.total_timesteps // args.batch_size))  # at least total_timesteps steps
+    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    agent = Agent(env, args).to(device)
+    actor_params = [*agent.actors.parameters(), *agent.log_stds.parameters()]
+    actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, eps=1e-5)
+    critic_optimizer = torch.optim.Adam(agent.critics.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    # ---------------------------------------------------------------- rollout storage
+    obs_buf = torch.zeros((T, E, N, env.obs_dim), device=device)
+    avail_buf = torch.ones((T, E, N, max(env.n_actions, 1)), dtype=torch.bool, device=device)
+    alive_buf = torch.zeros((T, E, N), device=device)
+    act_shape = (T, E, N) if env.discrete else (T, E, N, env.act_dim)
+    actions_buf = torch.zeros(act_shape, dtype=torch.long if env.discrete else torch.float32, device=device)
+    values_buf = torch.zeros((T, E, N), device=device)  # normalised critic outputs
+    final_values_buf = torch.zeros((T, E, N), device=device)  # de-normalised V(final obs) on truncation
+    rewards_buf = torch.zeros((T, E), device=device)
+    terminated_buf = torch.zeros((T, E), device=device)
+    dones_buf = torch.zeros((T, E), device=device)
+    starts_buf = torch.zeros((T, E), device=device)  # 1 at the first step of an episode (reset the hidden states)
+
+    def denorm(v: torch.Tensor) -> torch.Tensor:
+        return agent.value_norm.denormalize(v) if args.value_norm else v
+
+    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    recent_returns = deque(maxlen=20)
+    recent_wins = deque(maxlen=20)
+    batch = env.reset()
+    H = args.rnn_hidden_dim
+    actor_h = torch.zeros((E, N, H), device=device)  # carried across steps and rollouts
+    critic_h = torch.zeros((E, N, H), device=device)
+    start = torch.ones(E, device=device)
+    for iteration in range(1, args.num_iterations + 1):
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+        # ------------------------------------------------------------ rollout
+        actor_h0, critic_h0 = actor_h, critic_h  # the hidden states carried into the rollout: its sequences start there
+        for t in range(T):
+            global_step += E
+            obs = torch.as_tensor(batch["obs"], device=device)
+            obs_buf[t] = obs
+            alive_buf[t] = torch.as_tensor(batch["alive"], device=device)
+            avail = None
+            if env.discrete:
+                avail = avail_buf[t] = torch.as_tensor(batch["avail"], device=device)
+            starts_buf[t] = start
+            with torch.no_grad():
+                action, _, actor_h = agent.act(obs, avail, actor_h, start)
+                value, critic_h = agent.get_value(obs[None], critic_h, start[None])
+                values_buf[t] = value[0]
+            actions_buf[t] = action
+            batch, reward, terminated, truncated, info = env.step(to_env_actions(env, action))
+            rewards_buf[t] = torch.as_tensor(reward, device=device)
+            terminated_buf[t] = torch.as_tensor(terminated, device=device)
+            dones_buf[t] = torch.as_tensor(terminated | truncated, device=device)
+            start = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+            final_values_buf[t] = 0.0
+            if truncated.any():  # bootstrap from the last observations of truncated episodes
+                rows = torch.as_tensor(np.flatnonzero(truncated), device=device)
+                with torch.no_grad():  # the episode goes on from critic_h: the hidden state before the reset
+                    final_obs = torch.as_tensor(info["final_obs"], device=device)[rows]
+                    final_value, _ = agent.get_value(
+                        final_obs[None], critic_h[rows], torch.zeros_like(start[rows])[None]
+                    )
+                    final_values_buf[t, rows] = denorm(final_value[0])
+            if "episode" in info:
+                done = terminated | truncated
+                ep = info["episode"]
+                recent_returns.extend(ep["return"][done].tolist())
+                writer.add_scalar("charts/episodic_return", float(ep["return"][done].mean()), global_step)
+                writer.add_scalar("charts/episodic_length", float(ep["length"][done].mean()), global_step)
+                if "win" in env.metric_names:
+                    recent_wins.extend(ep["win"][done].tolist())
+                    writer.add_scalar("charts/win_rate", float(ep["win"][done].mean()), global_step)
+                for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                    writer.add_scalar(f"charts/{name}", float(ep[name][done].mean()), global_step)
+
+        # ------------------------------------------------------------ GAE (de-normalised values)
+        with torch.no_grad():
+            next_obs = torch.as_tensor(batch["obs"], device=device)
+            next_value = denorm(agent.get_value(next_obs[None], critic_h, start[None])[0][0])
+            values = denorm(values_buf)
+            next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+            dones = dones_buf.unsqueeze(-1)  # [T, E, 1], broadcast over agents
+            next_values = torch.where(dones.bool(), final_values_buf, next_values)
+            advantages, returns = compute_gae(
+                rewards_buf.unsqueeze(-1).expand(-1, -1, N), values, next_values,
+                terminated_buf.unsqueeze(-1).expand(-1, -1, N), dones.expand(-1, -1, N),
+                args.gamma, args.gae_lambda,
+            )  # fmt: skip
+            if args.value_norm:
+                agent.value_norm.update(returns)
+                targets = agent.value_norm.normalize(returns)
+            else:
+                targets = returns
+            adv_abs = masked_mean(advantages.abs(), alive_buf)  # logged: the scale before normalising
+            if args.norm_adv:
+                alive = alive_buf.bool()
+                adv_mean, adv_std = advantages[alive].mean(), advantages[alive].std()
+                advantages = (advantages - adv_mean) / (adv_std.nan_to_num(0.0) + 1e-8)
+
+        # ------------------------------------------------------------ A2C update: one gradient step
+        # the whole rollout [T, E, ...] is one sequence per env, from the hidden states carried into it
+        mask = alive_buf
+        dist, _ = agent.dist(obs_buf, avail_buf if env.discrete else None, actor_h0, starts_buf)
+        logprob, entropy = agent.log_prob(dist, actions_buf), agent.entropy(dist)
+        pg_loss = a2c_loss(logprob, advantages, mask)
+        entropy_loss = masked_mean(entropy, mask)
+        new_values, _ = agent.get_value(obs_buf, critic_h0, starts_buf)
+        v_loss = ((new_values - targets) ** 2).mean()  # all samples, dead agents too
+        loss = pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss
+        actor_optimizer.zero_grad()
+        critic_optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(actor_params, args.max_grad_norm)
+        nn.utils.clip_grad_norm_(agent.critics.parameters(), args.max_grad_norm)
+        actor_optimizer.step()
+        critic_optimizer.step()
+
+        # ------------------------------------------------------------ logging
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/advantage_abs", adv_abs.item(), global_step)
+        training.update(global_step, recent_returns, recent_wins)
+        if training.interrupted:
+            break
+        if args.eval_interval > 0 and global_step >= next_eval and iteration < args.num_iterations:
+            next_eval += args.eval_interval
+            video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+            eval_return, eval_win = evaluate(agent, args, device, video)
+            experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+
+    env.close()
+    training.close()
+    # ---------------------------------------------------------------- save, final evaluation, summary
+    model_path = None
+    if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
+        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
+            os.path.join(run_dir, f"{args.exp_name}.pt"),
+            {"algo": "ia2c_rnn", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()},
+        )
+    eval_return, eval_win = float("nan"), float("nan")
+    if not training.interrupted:
+        video = experiment.video_path(run_dir, global_step) if args.capture_video else None
+        eval_return, eval_win = evaluate(agent, args, device, video)
+        experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+    writer.close()
+    experiment.print_summary(
+        run_dir, global_step, eval_return, eval_win, args.eval_episodes, model_path, training.interrupted
+    )
+    episodic_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
+    return result(run_dir, model_path, global_step, episodic_return, eval_return, eval_win)
+
+
+if __name__ == "__main__":
+    with experiment.main():  # a clean exit on Ctrl-C; no run folder left by a failed start
+        train(tyro.cli(Args))
