@@ -31,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmark.env_sps import measure_env_sps  # noqa: E402
 from benchmark.plot import read_scalars  # noqa: E402
+from envs import experiment  # noqa: E402
 
 
 def train_sps(
@@ -49,6 +50,8 @@ def train_sps(
     if num_envs is not None:
         overrides["num_envs"] = num_envs
     args = module.Args(**{k: v for k, v in overrides.items() if k in names})
+    if hasattr(module, "ROLLOUT_DEFAULTS"):  # the file's own default num_envs for this env family
+        experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
     env_before = measure_env_sps(env_id, args.num_envs, env_steps)
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:

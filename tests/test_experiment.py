@@ -145,7 +145,7 @@ def test_an_algorithm_file_refuses_a_truncated_checkpoint(tmp_path):
 # ------------------------------------------------------------------------- CLI vocabulary
 COMMON = [
     "exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity", "env_id",
-    "env_options", "total_timesteps", "num_envs", "capture_video", "save_model", "eval_episodes", "eval_interval",
+    "env_options", "total_timesteps", "capture_video", "save_model", "eval_episodes", "eval_interval",
     "checkpoint", "torch_threads",
 ]  # fmt: skip
 PLUMBING = ["make_run_dir", "make_writer", "Training", "log_eval", "save_checkpoint", "load_checkpoint",
@@ -169,6 +169,9 @@ def test_the_nine_files_share_one_vocabulary():
         fields = args_fields(algo)
         for name in COMMON:
             assert fields.get(name) == reference[name], f"{algo}.py: --{name} differs from mappo.py's"
+        # --num-envs means the same everywhere; its default follows the env family (ROLLOUT_DEFAULTS, below)
+        assert fields["num_envs"][1].startswith("the number of parallel environments"), algo
+        assert fields["num_envs"][0] == ("int" if algo == "maddpg" else "int | None"), algo
         assert "learning_rate" in fields or algo == "hatrpo", algo  # TRPO's actor step has no learning rate
         assert "critic_learning_rate" in fields or algo == "mat", algo  # MAT: one network, one optimizer
         for old in ("lr", "actor_lr", "critic_lr"):
@@ -180,6 +183,49 @@ def test_the_nine_files_share_one_vocabulary():
         source = open(os.path.join(ROOT, f"{algo}.py")).read()
         for fn in PLUMBING:
             assert f"experiment.{fn}(" in source, f"{algo}.py does not call experiment.{fn}"
+
+
+ROLLOUT_ALGOS = [a for a in ALGOS if a != "maddpg"]  # MADDPG keeps 8 envs everywhere (docs/throughput.md)
+
+
+def test_batched_families_are_the_jax_ones():
+    assert envs.batched("smax-3m") and envs.batched("smax-5m_vs_6m")
+    assert not any(envs.batched(i) for i in ("mpe-spread", "ant-2x4", "matrix-climbing", "lbf-8x8-2p-3f"))
+    with pytest.raises(ValueError, match="unknown env id 'smax-4m'. Valid ids: .*smax-3m"):
+        envs.batched("smax-4m")
+
+
+@pytest.mark.parametrize("algo", ROLLOUT_ALGOS)
+def test_rollout_defaults_follow_the_env_family_and_keep_explicit_flags(algo, capsys):
+    module = importlib.import_module(algo)
+    plain, batched = module.ROLLOUT_DEFAULTS["plain"], module.ROLLOUT_DEFAULTS["batched"]
+    assert plain.keys() == batched.keys() and "num_envs" in plain
+    assert 64 <= batched["num_envs"] <= 256 and batched["num_envs"] > plain["num_envs"]
+    for env_id, expected in (("smax-3m", batched), ("mpe-spread", plain), ("ant-2x4", plain)):
+        args = module.Args(env_id=env_id)
+        experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
+        assert {k: getattr(args, k) for k in expected} == expected, env_id
+    assert "is batched: many envs unless --num-envs is given" in capsys.readouterr().out
+    args = module.Args(env_id="smax-3m", num_envs=8, num_steps=7)  # explicit flags are kept, the rest filled in
+    experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
+    assert (args.num_envs, args.num_steps) == (8, 7)
+    assert all(getattr(args, k) == v for k, v in batched.items() if k not in ("num_envs", "num_steps"))
+    assert "rollout: --num-envs 8 --num-steps 7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algo", ROLLOUT_ALGOS)
+def test_train_resolves_the_rollout_defaults(algo, monkeypatch, capsys):
+    """train() fills in the unset flags before it makes the env: here a toy game posing as a batched env."""
+    monkeypatch.setattr(experiment, "batched", lambda env_id: True)
+    module = importlib.import_module(algo)
+    batched = module.ROLLOUT_DEFAULTS["batched"]
+    one_batch = batched["num_envs"] * batched["num_steps"]
+    args = module.Args(env_id="matrix-climbing", total_timesteps=one_batch, eval_interval=0, eval_episodes=2,
+                       save_model=False)  # fmt: skip
+    result = module.train(args)
+    assert {k: getattr(args, k) for k in batched} == batched
+    assert result["global_step"] == one_batch
+    assert f"rollout: --num-envs {batched['num_envs']}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("algo", ALGOS)
