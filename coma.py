@@ -120,8 +120,10 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 100_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
-    num_envs: int | None = None
-    """the number of parallel environments; unset: 8 (64 on batched envs)"""
+    # 8 on batched envs too (envs.batched): with one gradient step per rollout, more envs mean fewer updates
+    # per env step; 64 envs x 5 steps learned far worse on smax-3m (docs/throughput.md, "Batched backends")
+    num_envs: int = 8
+    """the number of parallel environments"""
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
@@ -136,8 +138,8 @@ class Args:
     """one actor shared by all agents (with the one-hot agent id); else one actor per agent"""
 
     # Algorithm specific arguments
-    num_steps: int | None = None
-    """the number of steps T collected from each env per iteration; unset: 25 (5 on batched envs)"""
+    num_steps: int = 25
+    """the number of steps T collected from each env per iteration"""
     use_rnn: bool = True
     """GRU actor over the local history (else an MLP on the current observation and last action)"""
     hidden_dim: int = 64
@@ -174,16 +176,6 @@ class Args:
     """num_envs * num_steps (filled in at runtime)"""
     num_iterations: int = 0
     """total_timesteps // batch_size (filled in at runtime)"""
-
-
-# Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
-# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
-# Batched: 8x the envs, a fifth of the steps: 320 env steps per gradient step
-# (plain: 200) (docs/throughput.md, "Batched backends").
-ROLLOUT_DEFAULTS = {
-    "plain": {"num_envs": 8, "num_steps": 25},
-    "batched": {"num_envs": 64, "num_steps": 5},
-}
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):  # noqa: B008
@@ -382,7 +374,6 @@ def check_args(args: Args, env) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 def train(args: Args) -> dict:
-    experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
     device = experiment.device(args.cuda)
     if args.checkpoint:

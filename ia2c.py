@@ -87,8 +87,10 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
-    num_envs: int | None = None
-    """the number of parallel environments; unset: 8 (64 on batched envs)"""
+    # 8 on batched envs too (envs.batched): with one gradient step per rollout, more envs mean fewer updates
+    # per env step; 64 envs x 5 steps learned far worse on smax-3m (docs/throughput.md, "Batched backends")
+    num_envs: int = 8
+    """the number of parallel environments"""
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
@@ -103,8 +105,8 @@ class Args:
     """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
 
     # Algorithm specific arguments
-    num_steps: int | None = None
-    """the number of steps per env in each rollout (one update per rollout); unset: 25 (5 on batched envs)"""
+    num_steps: int = 25
+    """the number of steps per env in each rollout (one update per rollout)"""
     learning_rate: float = 5e-4
     """the learning rate of the actor optimizer"""
     critic_learning_rate: float = 5e-4
@@ -141,16 +143,6 @@ class Args:
     """the env steps per rollout (filled in at runtime)"""
     num_iterations: int = 0
     """the number of rollouts (filled in at runtime)"""
-
-
-# Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
-# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
-# Batched: 8x the envs, a fifth of the steps: 320 env steps per gradient step
-# (plain: 200) (docs/throughput.md, "Batched backends").
-ROLLOUT_DEFAULTS = {
-    "plain": {"num_envs": 8, "num_steps": 25},
-    "batched": {"num_envs": 64, "num_steps": 5},
-}
 
 
 # ----------------------------------------------------------------------------- networks
@@ -394,7 +386,6 @@ def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_
 
 
 def train(args: Args) -> dict:
-    experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)

@@ -150,6 +150,8 @@ COMMON = [
     "env_options", "total_timesteps", "capture_video", "save_model", "eval_episodes", "eval_interval",
     "checkpoint", "torch_threads",
 ]  # fmt: skip
+# one gradient step per rollout (A2C, COMA) or per few transitions (MADDPG): 8 envs on batched envs too
+FIXED_ENVS = ("ia2c", "maa2c", "coma", "maddpg")
 PLUMBING = ["make_run_dir", "make_writer", "Training", "log_eval", "save_checkpoint", "load_checkpoint",
             "print_summary", "check_args", "Video", "main"]  # fmt: skip
 
@@ -173,7 +175,7 @@ def test_the_nine_files_share_one_vocabulary():
             assert fields.get(name) == reference[name], f"{algo}.py: --{name} differs from mappo.py's"
         # --num-envs means the same everywhere; its default follows the env family (ROLLOUT_DEFAULTS, below)
         assert fields["num_envs"][1].startswith("the number of parallel environments"), algo
-        assert fields["num_envs"][0] == ("int" if algo == "maddpg" else "int | None"), algo
+        assert fields["num_envs"][0] == ("int" if algo in FIXED_ENVS else "int | None"), algo
         assert "learning_rate" in fields or algo == "hatrpo", algo  # TRPO's actor step has no learning rate
         assert "critic_learning_rate" in fields or algo == "mat", algo  # MAT: one network, one optimizer
         for old in ("lr", "actor_lr", "critic_lr"):
@@ -187,7 +189,7 @@ def test_the_nine_files_share_one_vocabulary():
             assert f"experiment.{fn}(" in source, f"{algo}.py does not call experiment.{fn}"
 
 
-ROLLOUT_ALGOS = [a for a in ALGOS if a != "maddpg"]  # MADDPG keeps 8 envs everywhere (docs/throughput.md)
+ROLLOUT_ALGOS = [a for a in ALGOS if a not in FIXED_ENVS]
 
 
 def test_batched_families_are_the_jax_ones():
