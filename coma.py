@@ -120,6 +120,8 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 100_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
+    # 8 on batched envs too (envs.batched): with one gradient step per rollout, more envs mean fewer updates
+    # per env step; 64 envs x 5 steps learned far worse on smax-3m (docs/throughput.md, "Batched backends")
     num_envs: int = 8
     """the number of parallel environments"""
     capture_video: bool = False

@@ -103,8 +103,8 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
-    num_envs: int = 8
-    """the number of parallel environments"""
+    num_envs: int | None = None
+    """the number of parallel environments; unset: 8 (128 on batched envs)"""
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
@@ -119,8 +119,8 @@ class Args:
     """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
 
     # Algorithm specific arguments
-    num_steps: int = 100
-    """the number of steps per env in each rollout"""
+    num_steps: int | None = None
+    """the number of steps per env in each rollout; unset: 100 (20 on batched envs)"""
     learning_rate: float = 7e-4
     """the learning rate of the actor optimizer"""
     critic_learning_rate: float = 7e-4
@@ -133,8 +133,8 @@ class Args:
     """the lambda of GAE(lambda)"""
     update_epochs: int = 10
     """the number of PPO epochs per rollout"""
-    num_minibatches: int = 1
-    """the number of minibatches per epoch (each made of whole chunks)"""
+    num_minibatches: int | None = None
+    """the number of minibatches per epoch (each made of whole chunks); unset: 1 (4 on batched envs)"""
     clip_coef: float = 0.2
     """the PPO clipping coefficient epsilon"""
     clip_vloss: bool = True
@@ -175,6 +175,16 @@ class Args:
     """the chunks per minibatch (filled in at runtime)"""
     num_iterations: int = 0
     """the number of rollouts (filled in at runtime)"""
+
+
+# Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
+# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
+# Batched: 16x the envs, a fifth of the steps (a multiple of --chunk-length), 4 minibatches:
+# about the same minibatch size and PPO gradient steps per env step (docs/throughput.md, "Batched backends").
+ROLLOUT_DEFAULTS = {
+    "plain": {"num_envs": 8, "num_steps": 100, "num_minibatches": 1},
+    "batched": {"num_envs": 128, "num_steps": 20, "num_minibatches": 4},
+}
 
 
 # ----------------------------------------------------------------------------- networks
@@ -512,6 +522,7 @@ def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_
 
 
 def train(args: Args) -> dict:
+    experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)

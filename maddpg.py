@@ -110,6 +110,8 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 30_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
+    # 8 on batched envs too (envs.batched): the time goes to the updates (gradient_steps per num_envs
+    # transitions); more envs would only make them rarer per env step (docs/throughput.md, "Batched backends")
     num_envs: int = 8
     """the number of parallel environments"""
     capture_video: bool = False

@@ -119,8 +119,8 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 300_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
-    num_envs: int = 8
-    """the number of parallel environments"""
+    num_envs: int | None = None
+    """the number of parallel environments; unset: 8 (128 on batched envs)"""
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
@@ -145,8 +145,8 @@ class Args:
     """embedding size"""
     n_head: int = 1
     """attention heads"""
-    num_steps: int = 100
-    """steps per env in each rollout"""
+    num_steps: int | None = None
+    """steps per env in each rollout; unset: 100 (25 on batched envs)"""
     learning_rate: float = 5e-4
     """the learning rate of the Adam optimizer"""
     anneal_lr: bool = False
@@ -155,8 +155,8 @@ class Args:
     """the discount factor gamma"""
     gae_lambda: float = 0.95
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 1
-    """the number of mini-batches (of whole time steps, all agents together)"""
+    num_minibatches: int | None = None
+    """the number of mini-batches (of whole time steps, all agents together); unset: 1 (4 on batched envs)"""
     update_epochs: int = 10
     """the K epochs to update the policy"""
     norm_adv: bool = True
@@ -183,6 +183,16 @@ class Args:
     """the mini-batch size, filled in at runtime"""
     num_iterations: int = 0
     """the number of iterations, filled in at runtime"""
+
+
+# Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
+# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
+# Batched: 16x the envs, a quarter of the steps, 4 minibatches: the same minibatch size and
+# PPO gradient steps per env step (docs/throughput.md, "Batched backends").
+ROLLOUT_DEFAULTS = {
+    "plain": {"num_envs": 8, "num_steps": 100, "num_minibatches": 1},
+    "batched": {"num_envs": 128, "num_steps": 25, "num_minibatches": 4},
+}
 
 
 # ------------------------------------------------------------------------------------ networks
@@ -554,6 +564,7 @@ def check_args(args: Args) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 def train(args: Args) -> dict:
+    experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     check_args(args)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -648,17 +659,18 @@ def train(args: Args) -> dict:
                 with torch.no_grad():
                     v_final = model.encode(inputs.obs(info["final_obs"]))[0]
                 final_values_buf[t] = denormalize(v_final)
-            if "episode" in info:
-                for e in np.flatnonzero(terminated | truncated):
-                    recent_returns.append(float(info["episode"]["return"][e]))
-                    recent_lengths.append(float(info["episode"]["length"][e]))
-                    writer.add_scalar("charts/episodic_return", info["episode"]["return"][e], global_step)
-                    writer.add_scalar("charts/episodic_length", info["episode"]["length"][e], global_step)
-                    if "win" in env.metric_names:
-                        recent_wins.append(float(info["episode"]["win"][e]))
-                        writer.add_scalar("charts/win_rate", info["episode"]["win"][e], global_step)
-                    for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
-                        writer.add_scalar(f"charts/{name}", info["episode"][name][e], global_step)
+            if "episode" in info:  # the episodes that ended at this step: one mean per metric (no per-env loop)
+                done = terminated | truncated
+                ep = info["episode"]
+                recent_returns.extend(ep["return"][done].tolist())
+                recent_lengths.extend(ep["length"][done].tolist())
+                writer.add_scalar("charts/episodic_return", float(ep["return"][done].mean()), global_step)
+                writer.add_scalar("charts/episodic_length", float(ep["length"][done].mean()), global_step)
+                if "win" in env.metric_names:
+                    recent_wins.extend(ep["win"][done].tolist())
+                    writer.add_scalar("charts/win_rate", float(ep["win"][done].mean()), global_step)
+                for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
+                    writer.add_scalar(f"charts/{name}", float(ep[name][done].mean()), global_step)
 
         # ---- joint advantage and value targets (Algorithm 1, lines 17-19)
         with torch.no_grad():

@@ -3,6 +3,7 @@
     python benchmark/train_sps.py --algo mappo --env-id ant-2x4
     python benchmark/train_sps.py --algo mappo happo mat --env-id mpe-spread --total-timesteps 20000
     python benchmark/train_sps.py --algo mappo --env-id ant-2x4 --cuda   # the same on the GPU
+    python benchmark/train_sps.py --algo mappo --env-id smax-3m --rollout plain  # 8 envs on a batched env
 
 For each algorithm: the raw random-action env-steps/s of `envs.make(env_id, num_envs)` at the
 algorithm's own default `num_envs` (benchmark/env_sps.py; the mean of one measurement before
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Literal
 
 import tyro
 
@@ -31,10 +33,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmark.env_sps import measure_env_sps  # noqa: E402
 from benchmark.plot import read_scalars  # noqa: E402
+from envs import experiment  # noqa: E402
 
 
 def train_sps(
-    algo: str, env_id: str, total_timesteps: int, num_envs: int | None, env_steps: int, cuda: bool = False
+    algo: str,
+    env_id: str,
+    total_timesteps: int,
+    num_envs: int | None,
+    env_steps: int,
+    cuda: bool = False,
+    rollout: str = "auto",
 ) -> dict:
     module = importlib.import_module(algo)
     names = {f.name for f in dataclasses.fields(module.Args)}
@@ -49,6 +58,12 @@ def train_sps(
     if num_envs is not None:
         overrides["num_envs"] = num_envs
     args = module.Args(**{k: v for k, v in overrides.items() if k in names})
+    if hasattr(module, "ROLLOUT_DEFAULTS"):  # the file's own default rollout for this env family
+        if rollout != "auto":  # or the other family's, e.g. the plain (8-env) rollout on a batched env
+            for name, value in module.ROLLOUT_DEFAULTS[rollout].items():
+                if getattr(args, name) is None:
+                    setattr(args, name, value)
+        experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
     env_before = measure_env_sps(env_id, args.num_envs, env_steps)
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,13 +97,15 @@ class Args:
     """measurements per algorithm; the medians of env SPS, train SPS and their ratio are printed"""
     cuda: bool = False
     """train on the GPU (the env still steps on the CPU)"""
+    rollout: Literal["auto", "plain", "batched"] = "auto"
+    """which of each file's ROLLOUT_DEFAULTS: auto (by env family, envs.batched), plain or batched"""
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     rows = []
     for algo in args.algo:
-        measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps, args.cuda)
+        measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps, args.cuda, args.rollout)
         runs = [train_sps(*measure) for _ in range(args.repeats)]
         rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs) for k in ("env_sps", "train_sps")}})
         rows[-1]["ratio"] = statistics.median(r["train_sps"] / r["env_sps"] for r in runs)

@@ -19,7 +19,9 @@ from typing import Any
 
 from envs.core import MissingDependencyError, MultiAgentVecEnv, random_actions
 
-__all__ = ["make", "ids", "family", "parse_options", "random_actions", "MultiAgentVecEnv", "MissingDependencyError"]
+__all__ = [
+    "make", "ids", "family", "batched", "parse_options", "random_actions", "MultiAgentVecEnv", "MissingDependencyError",
+]  # fmt: skip
 
 TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game", "memory-cue"]
 TSC_IDS = ["tsc-2x2", "tsc-4x4", "tsc-cologne8"]
@@ -51,6 +53,9 @@ FAMILIES = {
     "rware": ("envs.rware", RWARE_IDS),
     "grf": ("envs.grf", GRF_IDS),
 }
+# families whose `make` steps the whole batch in one jitted call, so that 128 envs cost little more
+# than 8: the algorithm files default to many envs there (see `batched`)
+BATCHED_FAMILIES = ("smax",)
 
 
 def ids() -> list[str]:
@@ -69,6 +74,13 @@ def family(env_id: str) -> str:
         f"unknown env id {env_id!r}. Valid ids: {', '.join(ids())}"
         " (and smac-<map> where StarCraft II and smac are installed)"
     )
+
+
+def batched(env_id: str) -> bool:
+    """True where one jitted call steps the whole batch of `env_id` (SMAX), so that the algorithm
+    files default to many envs there (their `ROLLOUT_DEFAULTS["batched"]`, applied by
+    `envs.experiment.resolve_rollout`). A family opts in by its name in `BATCHED_FAMILIES`."""
+    return family(env_id) in BATCHED_FAMILIES
 
 
 def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> MultiAgentVecEnv:

@@ -2,6 +2,7 @@
 
 Each algorithm file calls these in one line each:
 
+    resolve_rollout(args, defaults)     unset --num-envs / --num-steps / ...: many envs on batched (jax) envs
     check_args(args, one_batch)         the errors every file shares, before any folder is made
     device(args.cuda)                   torch.device, or an error when --cuda finds no GPU
     make_run_dir(env_id, exp_name, seed)  runs/{env_id}__{exp_name}__{seed}__{time}[-k], never shared
@@ -34,6 +35,8 @@ import warnings
 import numpy as np
 import torch
 
+from envs import batched
+
 # the Args fields every file derives itself; a user who passes one would be silently overridden
 RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
 VIDEO_MAX_FRAMES = 200  # frames rendered per video: a 1000-step MuJoCo episode renders every 5th step
@@ -44,6 +47,21 @@ _current = {"run_dir": None, "updated": False, "training": None}  # the run of t
 # ------------------------------------------------------------------------------ arguments
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def resolve_rollout(args, defaults: dict[str, dict[str, int]]) -> None:
+    """Fill in the rollout flags left unset (None): `defaults["batched"]` where one jitted call steps the
+    whole batch (`envs.batched`: SMAX; 128 envs cost little more than 8), else `defaults["plain"]`.
+    Flags the user passed are kept. Prints the resolved values."""
+    kind = "batched" if batched(args.env_id) else "plain"  # an unknown id raises the error that lists the ids
+    for name, value in defaults[kind].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    values = " ".join(f"{flag(name)} {getattr(args, name)}" for name in defaults[kind])
+    if kind == "batched":
+        print(f"rollout: {values} ({args.env_id} is batched: many envs unless --num-envs is given)", flush=True)
+    else:
+        print(f"rollout: {values}", flush=True)
 
 
 def check_args(args, one_batch: int, runtime_fields: tuple[str, ...] = RUNTIME_FIELDS) -> None:

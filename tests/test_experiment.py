@@ -84,8 +84,10 @@ def test_ctrl_c_finishes_the_iteration_saves_the_model_and_exits_cleanly(tmp_pat
            "--total-timesteps", "100000000", "--eval-interval", "0"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = proc.stdout.readline()  # "logging to runs/...": the Ctrl-C handler is in place
-    assert first.startswith("logging to"), first + proc.stdout.read()
+    first = proc.stdout.readline() + proc.stdout.readline()  # "rollout: ...", then "logging to runs/..."
+    if "\nlogging to" not in first:  # then the Ctrl-C handler is in place; else stop the run, show its output
+        proc.kill()
+        raise AssertionError(first + proc.communicate(timeout=120)[0])
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out = first + proc.communicate(timeout=120)[0]
@@ -146,9 +148,11 @@ def test_an_algorithm_file_refuses_a_truncated_checkpoint(tmp_path):
 # ------------------------------------------------------------------------- CLI vocabulary
 COMMON = [
     "exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity", "env_id",
-    "env_options", "total_timesteps", "num_envs", "capture_video", "save_model", "eval_episodes", "eval_interval",
+    "env_options", "total_timesteps", "capture_video", "save_model", "eval_episodes", "eval_interval",
     "checkpoint", "torch_threads",
 ]  # fmt: skip
+# one gradient step per rollout (A2C, COMA) or per few transitions (MADDPG): 8 envs on batched envs too
+FIXED_ENVS = ("ia2c", "maa2c", "coma", "maddpg")
 PLUMBING = ["make_run_dir", "make_writer", "Training", "log_eval", "save_checkpoint", "load_checkpoint",
             "print_summary", "check_args", "Video", "main"]  # fmt: skip
 
@@ -181,6 +185,57 @@ def test_the_nine_files_share_one_vocabulary():
         source = open(os.path.join(ROOT, f"{algo}.py")).read()
         for fn in PLUMBING:
             assert f"experiment.{fn}(" in source, f"{algo}.py does not call experiment.{fn}"
+
+
+ROLLOUT_ALGOS = [a for a in ALGOS if a not in FIXED_ENVS]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_num_envs_means_the_same_everywhere(algo):
+    """--num-envs: the same help everywhere; unset (None), its default follows the env family (below)."""
+    kind, doc = args_fields(algo)["num_envs"]
+    assert doc.startswith("the number of parallel environments"), algo
+    assert kind == ("int" if algo in FIXED_ENVS else "int | None"), algo
+
+
+def test_batched_families_are_the_jax_ones():
+    assert envs.batched("smax-3m") and envs.batched("smax-5m_vs_6m")
+    assert not any(envs.batched(i) for i in ("mpe-spread", "ant-2x4", "matrix-climbing", "lbf-8x8-2p-3f"))
+    with pytest.raises(ValueError, match="unknown env id 'smax-4m'. Valid ids: .*smax-3m"):
+        envs.batched("smax-4m")
+
+
+@pytest.mark.parametrize("algo", ROLLOUT_ALGOS)
+def test_rollout_defaults_follow_the_env_family_and_keep_explicit_flags(algo, capsys):
+    module = importlib.import_module(algo)
+    plain, batched = module.ROLLOUT_DEFAULTS["plain"], module.ROLLOUT_DEFAULTS["batched"]
+    assert plain.keys() == batched.keys() and "num_envs" in plain
+    assert 64 <= batched["num_envs"] <= 256 and batched["num_envs"] > plain["num_envs"]
+    for env_id, expected in (("smax-3m", batched), ("mpe-spread", plain), ("ant-2x4", plain)):
+        args = module.Args(env_id=env_id)
+        experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
+        assert {k: getattr(args, k) for k in expected} == expected, env_id
+    assert "is batched: many envs unless --num-envs is given" in capsys.readouterr().out
+    args = module.Args(env_id="smax-3m", num_envs=8, num_steps=7)  # explicit flags are kept, the rest filled in
+    experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
+    assert (args.num_envs, args.num_steps) == (8, 7)
+    assert all(getattr(args, k) == v for k, v in batched.items() if k not in ("num_envs", "num_steps"))
+    assert "rollout: --num-envs 8 --num-steps 7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algo", ROLLOUT_ALGOS)
+def test_train_resolves_the_rollout_defaults(algo, monkeypatch, capsys):
+    """train() fills in the unset flags before it makes the env: here a toy game posing as a batched env."""
+    monkeypatch.setattr(experiment, "batched", lambda env_id: True)
+    module = importlib.import_module(algo)
+    batched = module.ROLLOUT_DEFAULTS["batched"]
+    one_batch = batched["num_envs"] * batched["num_steps"]
+    args = module.Args(env_id="matrix-climbing", total_timesteps=one_batch, eval_interval=0, eval_episodes=2,
+                       save_model=False)  # fmt: skip
+    result = module.train(args)
+    assert {k: getattr(args, k) for k in batched} == batched
+    assert result["global_step"] == one_batch
+    assert f"rollout: --num-envs {batched['num_envs']}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("algo", ALGOS)
