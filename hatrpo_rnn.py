@@ -122,8 +122,8 @@ class Args:
     """options of the env family as KEY=VALUE pairs, e.g. `--env-options agent_obsk=0` (see `help(envs.make)`)"""
     total_timesteps: int = 1_000_000
     """total env steps of the experiment (one step of all agents in one env counts once)"""
-    num_envs: int = 20
-    """the number of parallel environments"""
+    num_envs: int | None = None
+    """the number of parallel environments; unset: 20 (128 on batched envs)"""
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
@@ -138,8 +138,8 @@ class Args:
     """one actor shared by all agents (with the one-hot agent id); off in HATRPO"""
 
     # Algorithm specific arguments
-    num_steps: int = 200
-    """the number of steps per env per rollout (HARL's episode_length)"""
+    num_steps: int | None = None
+    """the number of steps per env per rollout (HARL's episode_length); unset: 200 (30 on batched envs)"""
     fixed_order: bool = False
     """update the agents in the fixed order 0..n-1 instead of a random permutation"""
     critic_learning_rate: float = 5e-4
@@ -201,6 +201,16 @@ class Args:
     """env steps per iteration (filled in at runtime)"""
     num_iterations: int = 0
     """the number of iterations (filled in at runtime)"""
+
+
+# Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
+# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
+# Batched: 6.4x the envs, 0.15x the steps (a multiple of --chunk-length): about the same batch (3,840
+# against 4,000 env steps) and updates per env step (docs/throughput.md, "Batched backends").
+ROLLOUT_DEFAULTS = {
+    "plain": {"num_envs": 20, "num_steps": 200},
+    "batched": {"num_envs": 128, "num_steps": 30},
+}
 
 
 # the fields that define the networks: taken from the checkpoint when evaluating one
@@ -672,6 +682,7 @@ def check_args(args, env_discrete: bool):
 
 # ------------------------------------------------------------------------------- training
 def train(args: Args) -> dict:
+    experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -152,7 +152,7 @@ COMMON = [
     "checkpoint", "torch_threads",
 ]  # fmt: skip
 # one gradient step per rollout (A2C, COMA) or per few transitions (MADDPG): 8 envs on batched envs too
-FIXED_ENVS = ("ia2c", "maa2c", "coma", "maddpg")
+FIXED_ENVS = ("ia2c", "maa2c", "coma", "maddpg", "ia2c_rnn", "maa2c_rnn")
 PLUMBING = ["make_run_dir", "make_writer", "Training", "log_eval", "save_checkpoint", "load_checkpoint",
             "print_summary", "check_args", "Video", "main"]  # fmt: skip
 
