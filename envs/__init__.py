@@ -19,7 +19,10 @@ from typing import Any
 
 from envs.core import MissingDependencyError, MultiAgentVecEnv, random_actions
 
-__all__ = ["make", "ids", "family", "parse_options", "random_actions", "MultiAgentVecEnv", "MissingDependencyError"]
+__all__ = [
+    "make", "ids", "family", "BACKENDS", "parse_options", "random_actions",
+    "MultiAgentVecEnv", "MissingDependencyError",
+]  # fmt: skip
 
 TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game", "memory-cue"]
 TSC_IDS = ["tsc-2x2", "tsc-4x4", "tsc-cologne8"]
@@ -52,6 +55,20 @@ FAMILIES = {
     "grf": ("envs.grf", GRF_IDS),
 }
 
+# family -> its simulator backends, the default first; where there are several, the option
+# `backend=...` of envs.make (`--env-options backend=...` in the algorithm files) picks one
+BACKENDS = {
+    "toy": ("numpy",),
+    "tsc": ("sumo-rl",),
+    "mamujoco": ("mujoco", "gymnasium-robotics"),  # envs/mamujoco.py, docs/backend-mamujoco-fast.md
+    "smax": ("jax",),
+    "smac": ("smac",),
+    "mpe": ("jax", "mpe2"),  # envs/mpe.py, docs/backend-mpe-jax.md
+    "lbf": ("lbforaging",),
+    "rware": ("rware",),
+    "grf": ("gfootball",),
+}
+
 
 def ids() -> list[str]:
     """Every env id that `make` accepts (real SMAC `smac-<map>` ids need StarCraft II, see README)."""
@@ -76,11 +93,18 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> 
 
     `seed`: env e of the batch is seeded with seed + e at the first reset. `options` are
     passed to the family's module (e.g. `agent_obsk` for Multi-Agent MuJoCo, `penalty` for
-    matrix-penalty, `vectorization="async"` for one worker process per env).
+    matrix-penalty, `vectorization="async"` for one worker process per env, `backend` where
+    `BACKENDS` lists several for the family).
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
     name = family(env_id)
+    if "backend" in options and len(BACKENDS[name]) == 1:
+        choices = ", ".join(f"{f} ({', '.join(b)})" for f, b in BACKENDS.items() if len(b) > 1)
+        raise ValueError(
+            f"{env_id} has one backend ({BACKENDS[name][0]}), so it takes no backend option "
+            f"(got backend={options['backend']!r}); the families with a choice of backend are: {choices}"
+        )
     if name == "smac":
         module = importlib.import_module("envs.smac")
     elif name == "toy":
