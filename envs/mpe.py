@@ -110,7 +110,7 @@ class _Compiled:
         avail = np.zeros((len(agents), width), bool)  # discrete: an agent's own actions, never padding
         for i, n in enumerate(act_dims):
             avail[i, :n] = True
-        self.obs_dims, self.act_dims, self.avail = obs_dims, act_dims, avail
+        self.obs_dims, self.act_dims = obs_dims, act_dims
 
         def views(obs):
             """Contract arrays of one env: obs [N, obs_dim] (zero padded), state (every agent's
@@ -147,7 +147,8 @@ class _Compiled:
             done = out[3]
 
             # same-step auto-reset: replace the ended envs by fresh ones, keep their last obs/state
-            # (a batch-level cond: every env of a batch ends on the same step, the others skip the reset)
+            # (a batch-level cond: the envs of a batch start together and end together, and the 24 steps
+            # of 25 where none ends skip the reset's work)
             def auto_reset(state):
                 new_state, first = reset_batch(k_reset, E)
                 pick = functools.partial(where_done, jnp, done)
