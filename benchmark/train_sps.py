@@ -21,7 +21,8 @@ wrapped so that the training env's `step` is timed):
           step() and the start of the next, times the number of steps (policy forward pass,
           sampling, rollout storage);
   update  the rest of the wall time: the learning updates (and logging), which happen between
-          rollouts (or, for MADDPG, every `train_freq` steps).
+          rollouts (or, for MADDPG, every `train_freq` steps);
+and the env's own speed inside the run (env steps / time inside step()), next to its raw speed.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class StepTimer:
         env = sum(e - s for s, e in zip(starts[h:], ends[h:]))
         gaps = [s - e for s, e in zip(starts[h:], ends[h - 1 : -1])]
         act = statistics.median(gaps) * len(gaps)
-        return {"env": env, "act": act, "update": wall - env - act}
+        return {"env": env, "act": act, "update": wall - env - act, "env_steps": (len(starts) - h) * num_envs}
 
 
 def train_sps(
@@ -124,10 +125,11 @@ def train_sps(
         (step0, _, wall0), (step1, _, wall1) = points[(len(points) - 1) // 2], points[-1]
         train_rate = (step1 - step0) / (wall1 - wall0) if wall1 > wall0 else float("nan")
     parts = timer.breakdown(args.num_envs)
-    total = sum(parts.values())
-    shares = {k: v / total for k, v in parts.items()}
+    total = sum(parts[k] for k in PARTS)
+    shares = {k: parts[k] / total for k in PARTS}
+    in_train = parts["env_steps"] / parts["env"]  # the env's own speed inside the run, next to its raw speed
     return {"algo": algo, "env_id": env_id, "num_envs": args.num_envs, "env_sps": env_rate, "train_sps": train_rate,
-            **shares}  # fmt: skip
+            "env_sps_in_train": in_train, **shares}  # fmt: skip
 
 
 @dataclass
@@ -156,16 +158,20 @@ if __name__ == "__main__":
     for algo in args.algo:
         measure = (algo, args.env_id, args.total_timesteps, args.num_envs, args.env_steps, args.cuda, args.env_options)
         runs = [train_sps(*measure) for _ in range(args.repeats)]
-        rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs) for k in ("env_sps", "train_sps", *PARTS)}})
+        medians = ("env_sps", "train_sps", "env_sps_in_train", *PARTS)
+        rows.append({**runs[0], **{k: statistics.median(r[k] for r in runs) for k in medians}})
         rows[-1]["ratio"] = statistics.median(r["train_sps"] / r["env_sps"] for r in runs)
     print(f"\n{'algo':<10}{'env_id':<22}{'num_envs':>9}{'env SPS':>10}{'train SPS':>11}{'ratio':>7}"
-          f"{'env':>6}{'act':>6}{'update':>7}")  # fmt: skip
+          f"{'env':>6}{'act':>6}{'update':>7}{'env SPS in train':>18}")  # fmt: skip
     for r in rows:
         print(
             f"{r['algo']:<10}{r['env_id']:<22}{r['num_envs']:>9}{r['env_sps']:>10,.0f}{r['train_sps']:>11,.0f}"
-            f"{r['ratio']:>7.0%}{r['env']:>6.0%}{r['act']:>6.0%}{r['update']:>7.0%}"
+            f"{r['ratio']:>7.0%}{r['env']:>6.0%}{r['act']:>6.0%}{r['update']:>7.0%}{r['env_sps_in_train']:>18,.0f}"
         )
     if args.env_options:
         print(f"env options: {' '.join(args.env_options)}")
-    print("env / act / update: shares of the training time (second half of the run): inside env.step, between\n"
-          "two env steps of a rollout (policy forward, sampling, storage), the rest (updates, logging)")
+    print(
+        "env / act / update: shares of the training time (second half of the run): inside env.step, between\n"
+        "two env steps of a rollout (policy forward, sampling, storage), the rest (updates, logging);\n"
+        "env SPS in train: env steps / time inside env.step during the run (env SPS: the same env on its own)"
+    )

@@ -290,4 +290,4 @@ def test_train_sps_times_the_training_envs_steps_and_splits_the_rest():
         {"num_envs": 2, "starts": [0, 2, 4, 6, 16, 18], "ends": [1, 3, 5, 7, 17, 19]},
     ]
     # second half: steps 3..5, from the end of step 2 (t=5) to t=19: 14 s = 3 env + 3 x median gap 1 + 8 update
-    assert timer.breakdown(num_envs=2) == {"env": 3, "act": 3, "update": 8}
+    assert timer.breakdown(num_envs=2) == {"env": 3, "act": 3, "update": 8, "env_steps": 3 * 2}
