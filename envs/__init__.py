@@ -100,11 +100,13 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> 
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
     name = family(env_id)
     if "backend" in options and len(BACKENDS[name]) == 1:
-        choices = ", ".join(f"{f} ({', '.join(b)})" for f, b in BACKENDS.items() if len(b) > 1)
-        raise ValueError(
-            f"{env_id} has one backend ({BACKENDS[name][0]}), so it takes no backend option "
-            f"(got backend={options['backend']!r}); the families with a choice of backend are: {choices}"
-        )
+        if options["backend"] != BACKENDS[name][0]:
+            choices = ", ".join(f"{f} ({', '.join(b)})" for f, b in BACKENDS.items() if len(b) > 1)
+            raise ValueError(
+                f"{env_id} has one backend ({BACKENDS[name][0]}), got backend={options['backend']!r}; "
+                f"the families with a choice of backend are: {choices}"
+            )
+        options.pop("backend")  # naming the only backend is allowed
     if name == "smac":
         module = importlib.import_module("envs.smac")
     elif name == "toy":

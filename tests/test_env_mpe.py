@@ -131,5 +131,3 @@ def test_backend_options_are_checked():
     with pytest.raises(ValueError, match="render_mode='rgb_array'"), jax_env("mpe-spread") as env:
         env.reset()
         env.render()
-    with pytest.raises(ValueError, match=r"lbf-8x8-2p-3f has one backend \(lbforaging\).*mamujoco.*mpe"):
-        envs.make("lbf-8x8-2p-3f", backend="jax")
