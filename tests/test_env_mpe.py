@@ -94,10 +94,10 @@ def test_same_state_and_actions_give_the_same_step(env_id):
                 obs, rewards, *_ = ref.step(act)
                 for i, a in enumerate(ref.possible_agents):
                     d = env.obs_dims[i]
-                    np.testing.assert_allclose(info["final_obs"][e, i, :d], obs[a], atol=1e-4, err_msg=f"t={t} {a}")
-                    np.testing.assert_allclose(info["agent_rewards"][e, i], rewards[a], atol=1e-4, err_msg=a)
-                np.testing.assert_allclose(reward[e], np.mean(list(rewards.values())), atol=1e-4)
-                np.testing.assert_allclose(info["final_state"][e], np.concatenate(list(obs.values())), atol=1e-4)
+                    np.testing.assert_allclose(info["final_obs"][e, i, :d], obs[a], atol=1e-5, err_msg=f"t={t} {a}")
+                    np.testing.assert_allclose(info["agent_rewards"][e, i], rewards[a], atol=1e-5, err_msg=a)
+                np.testing.assert_allclose(reward[e], np.mean(list(rewards.values())), atol=1e-5)
+                np.testing.assert_allclose(info["final_state"][e], np.concatenate(list(obs.values())), atol=1e-5)
             batch = out
 
 
