@@ -101,7 +101,7 @@ def train_sps(
         "eval_interval": 0,
         "eval_episodes": 1,
         "cuda": cuda,
-        "env_options": list(env_options),
+        "env_options": tuple(env_options),
     }
     if num_envs is not None:
         overrides["num_envs"] = num_envs
