@@ -16,7 +16,7 @@ BACKEND = {
     "tsc": "SUMO via sumo-rl + libsumo (a process per env)",
     "mamujoco": "mujoco, stepped directly (gymnasium-robotics mamujoco_v1: backend=gymnasium-robotics)",
     "smax": "JaxMARL SMAX (jax.jit + vmap)",
-    "mpe": "mpe2",
+    "mpe": "JaxMARL MPE (jax.jit + vmap); mpe2 with backend=mpe2",
     "lbf": "lbforaging",
     "rware": "rware",
     "grf": "gfootball (built from source, optional)",

@@ -2,6 +2,7 @@
 
     python benchmark/evaluate.py --env-ids smax-3m --episodes 100
     python benchmark/evaluate.py --env-ids mpe-spread --exp-names mappo mappo-ind --episodes 50
+    python benchmark/evaluate.py --env-ids mpe-spread --episodes 200 --env-options backend=mpe2
 
 The evaluations during training use few episodes (`--eval-episodes`, 10 by default), so their
 win rates move in steps of 10%. This reloads the model each run saved (`runs/<run>/<exp_name>.pt`,
@@ -99,10 +100,13 @@ class EpisodeRecorder:
         return lines
 
 
-def evaluate(algo: str, env_id: str, seed: int, path: str, episodes: int, recorder=None) -> dict:
+def evaluate(
+    algo: str, env_id: str, seed: int, path: str, episodes: int, recorder=None, env_options: tuple[str, ...] = ()
+) -> dict:
     """The algorithm file's own --checkpoint evaluation; with `recorder`, every env it makes is wrapped."""
     module = importlib.import_module(algo)
-    args = module.Args(env_id=env_id, seed=seed, checkpoint=path, eval_episodes=episodes)
+    options = tuple(env_options)
+    args = module.Args(env_id=env_id, seed=seed, checkpoint=path, eval_episodes=episodes, env_options=options)
     make = module.envs.make
     if recorder is not None:
         module.envs.make = lambda *a, **k: recorder.wrap(make(*a, **k))
@@ -128,6 +132,8 @@ class Args:
     """greedy episodes per saved model"""
     per_agent: bool = False
     """also print each agent's reward sum and action counts in each greedy episode (up to 8)"""
+    env_options: list[str] = field(default_factory=list)
+    """options of envs.make as KEY=VALUE pairs for the evaluation env (e.g. backend=mpe2)"""
 
 
 def main(args: Args) -> None:
@@ -137,7 +143,7 @@ def main(args: Args) -> None:
     results: dict = defaultdict(list)
     for env_id, exp_name, seed, algo, path in models:
         recorder = EpisodeRecorder() if args.per_agent else None
-        r = evaluate(algo, env_id, seed, path, args.episodes, recorder)
+        r = evaluate(algo, env_id, seed, path, args.episodes, recorder, args.env_options)
         print(f"{env_id} {exp_name} seed {seed}: return {r['eval_return']:.3f}, win rate {r['eval_win_rate']:.2f}")
         if recorder is not None:
             print("\n".join(recorder.report()))

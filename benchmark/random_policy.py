@@ -1,6 +1,7 @@
 """The floor of every learning curve: the return of uniformly random actions on any env id.
 
     python benchmark/random_policy.py --env-ids mpe-spread smax-3m --episodes 100
+    python benchmark/random_policy.py --env-ids mpe-spread --episodes 200 --env-options backend=mpe2
 
 Plays `episodes` episodes with a uniformly random valid action per agent and step (an available
 action where the actions are discrete, a uniform sample within the bounds where continuous) and
@@ -46,14 +47,19 @@ class Args:
     """episodes per env id"""
     seed: int = 0
     """seed of the envs and of the random actions"""
+    num_envs: int = 8
+    """envs stepped together"""
+    env_options: list[str] = field(default_factory=list)
+    """options of envs.make as KEY=VALUE pairs (e.g. backend=mpe2)"""
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     print("| env | random policy: episodic return (mean ± std) | win rate | episodes |")
     print("|---|---|---|---|")
+    options = envs.parse_options(args.env_options)
     for env_id in args.env_ids:
-        metrics = random_episodes(env_id, args.episodes, args.seed)
+        metrics = random_episodes(env_id, args.episodes, args.seed, args.num_envs, **options)
         returns = metrics["return"]
         win = f"{100 * metrics['win'].mean():.1f}%" if "win" in metrics else "—"
         print(f"| {env_id} | {returns.mean():.2f} ± {returns.std():.2f} | {win} | {len(returns)} |", flush=True)

@@ -20,7 +20,8 @@ from typing import Any
 from envs.core import MissingDependencyError, MultiAgentVecEnv, random_actions
 
 __all__ = [
-    "make", "ids", "family", "batched", "parse_options", "random_actions", "MultiAgentVecEnv", "MissingDependencyError",
+    "make", "ids", "family", "batched", "BACKENDS", "parse_options", "random_actions",
+    "MultiAgentVecEnv", "MissingDependencyError",
 ]  # fmt: skip
 
 TOY_IDS = ["matrix-climbing", "matrix-penalty", "product-game", "memory-cue"]
@@ -57,6 +58,20 @@ FAMILIES = {
 # than 8: the algorithm files default to many envs there (see `batched`)
 BATCHED_FAMILIES = ("smax",)
 
+# family -> its simulator backends, the default first; where there are several, the option
+# `backend=...` of envs.make (`--env-options backend=...` in the algorithm files) picks one
+BACKENDS = {
+    "toy": ("numpy",),
+    "tsc": ("sumo-rl",),
+    "mamujoco": ("mujoco", "gymnasium-robotics"),  # envs/mamujoco.py, docs/backend-mamujoco-fast.md
+    "smax": ("jax",),
+    "smac": ("smac",),
+    "mpe": ("jax", "mpe2"),  # envs/mpe.py, docs/backend-mpe-jax.md
+    "lbf": ("lbforaging",),
+    "rware": ("rware",),
+    "grf": ("gfootball",),
+}
+
 
 def ids() -> list[str]:
     """Every env id that `make` accepts (real SMAC `smac-<map>` ids need StarCraft II, see docs/troubleshooting.md)."""
@@ -88,11 +103,20 @@ def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> 
 
     `seed`: env e of the batch is seeded with seed + e at the first reset. `options` are
     passed to the family's module (e.g. `agent_obsk` for Multi-Agent MuJoCo, `penalty` for
-    matrix-penalty, `vectorization="async"` for one worker process per env).
+    matrix-penalty, `vectorization="async"` for one worker process per env, `backend` where
+    `BACKENDS` lists several for the family).
     """
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
     name = family(env_id)
+    if "backend" in options and len(BACKENDS[name]) == 1:
+        if options["backend"] != BACKENDS[name][0]:
+            choices = ", ".join(f"{f} ({', '.join(b)})" for f, b in BACKENDS.items() if len(b) > 1)
+            raise ValueError(
+                f"{env_id} has one backend ({BACKENDS[name][0]}), got backend={options['backend']!r}; "
+                f"the families with a choice of backend are: {choices}"
+            )
+        options.pop("backend")  # naming the only backend is allowed
     if name == "smac":
         module = importlib.import_module("envs.smac")
     elif name == "toy":

@@ -41,6 +41,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
+from envs import BACKENDS as _BACKENDS
 from envs.core import GymVectorMultiAgentEnv, MultiAgentVecEnv, ParallelEnvAdapter, require
 
 # env id -> (gymnasium-robotics scenario, agent_conf, custom partition by joint label or None)
@@ -103,7 +104,7 @@ def _make_adapter(env_id: str, agent_obsk: int, max_episode_steps: int, render_m
     return ParallelEnvAdapter(make_env, "mean")
 
 
-BACKENDS = ("mujoco", "gymnasium-robotics")
+BACKENDS = _BACKENDS["mamujoco"]  # the first is the default
 OBSERVATIONS = ("local", "global")
 
 

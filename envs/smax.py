@@ -27,56 +27,28 @@ one jitted call): every env steps, the envs whose battle ended are reset in plac
 
 Options of `make` go to `HeuristicEnemySMAX` / `SMAX` (e.g. `max_steps=200`,
 `attack_mode="random"`, `see_enemy_actions=False`, `observation_type="conic"`).
-Compiled functions are cached per (map, options) in the process, and jax's persistent
-compilation cache (`~/.cache/marl-envs/jax`, or $MARL_JAX_CACHE_DIR; empty string disables it)
-makes later processes start faster. jax runs on the CPU (JAX_PLATFORMS=cpu is set unless the
-user has set it) and does not preallocate memory.
+Compiled functions are cached per (map, options) in the process; reset / step, the numpy
+arrays, the persistent compilation cache and the jax settings are `envs.jaxvec`'s.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import sys
+import functools
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from envs.core import MultiAgentVecEnv, require
+from envs.jaxvec import JaxVecEnv, import_jax, strong, where_done
 
-_JAX_PIP = "jax jaxmarl"
 _CACHE: dict[tuple, Any] = {}  # (map, options) -> _Compiled
-
-
-def _import_jax(env_id: str):
-    """Import jax (on the CPU, without preallocation) and JaxMARL's SMAX, quietly."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    jax = require("jax", _JAX_PIP, env_id)
-    cache_dir = os.environ.get("MARL_JAX_CACHE_DIR", os.path.expanduser("~/.cache/marl-envs/jax"))
-    if cache_dir and not jax.config.jax_compilation_cache_dir:
-        try:
-            jax.config.update("jax_compilation_cache_dir", cache_dir)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        except Exception:  # an old jax without the persistent cache: compile every time
-            pass
-    # jaxmarl prints on import, after something it imports has set sys.stdout = sys.__stdout__
-    # (which would also undo pytest's / a notebook's capture): silence both, then restore them
-    stdout, dunder = sys.stdout, sys.__stdout__
-    sys.stdout = sys.__stdout__ = io.StringIO()
-    try:
-        smax = require("jaxmarl.environments.smax", "jaxmarl", env_id)
-    finally:
-        sys.stdout, sys.__stdout__ = stdout, dunder
-    return jax, smax
 
 
 class _Compiled:
     """One SMAX scenario and its jitted, vmapped reset / step (shared by every env of a map)."""
 
     def __init__(self, env_id: str, map_name: str, options: dict):
-        jax, smax = _import_jax(env_id)
+        jax, smax = import_jax(env_id, "jaxmarl.environments.smax")
         import jax.numpy as jnp
 
         self.jax = jax
@@ -84,11 +56,6 @@ class _Compiled:
         env = smax.HeuristicEnemySMAX(scenario=smax.map_name_to_scenario(map_name), **options)
         self.env = env
         allies, n_allies = env.agents, env.num_allies
-
-        def strong(tree):
-            # reset leaves built from python scalars are weak-typed; step outputs are not, so
-            # without this cast the jitted step would compile twice
-            return jax.tree.map(lambda x: x.astype(x.dtype), tree)
 
         def world_state(state):
             """`SMAX.get_world_state` with every unit's features scaled as in the observations'
@@ -109,7 +76,7 @@ class _Compiled:
 
         def reset_one(key):
             obs, state = env.reset(key)
-            state = strong(state)
+            state = strong(jax, state)
             return state, views(obs, state)
 
         def step_one(key, state, actions):
@@ -121,7 +88,8 @@ class _Compiled:
             truncated = state.state.done & ~terminated  # SMAX's done = terminated | step >= max_steps
             win = (enemies_dead & ~allies_dead).astype(jnp.float32)
             reward = rewards[allies[0]].astype(jnp.float32)  # every ally gets the team reward
-            return state, views(obs, state), (reward, terminated, truncated, win)
+            agent_rewards = jnp.full(n_allies, reward)
+            return state, views(obs, state), (reward, agent_rewards, terminated, truncated, win)
 
         def reset_batch(key, num_envs):
             return jax.vmap(reset_one)(jax.random.split(key, num_envs))
@@ -136,7 +104,7 @@ class _Compiled:
             # (a batch-level cond, so that steps where no battle ended skip the reset's work)
             def auto_reset(state):
                 new_state, first = reset_batch(k_reset, E)
-                pick = lambda r, s: jnp.where(done.reshape(done.shape + (1,) * (s.ndim - 1)), r, s)
+                pick = functools.partial(where_done, jnp, done)
                 return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
 
             state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
@@ -164,7 +132,7 @@ def _compiled(env_id: str, map_name: str, options: dict) -> _Compiled:
     return _CACHE[key]
 
 
-class SMAXVecEnv(MultiAgentVecEnv):
+class SMAXVecEnv(JaxVecEnv):
     """`num_envs` SMAX battles of one map, stepped together in one jitted call."""
 
     metric_names = ("win",)
@@ -194,70 +162,7 @@ class SMAXVecEnv(MultiAgentVecEnv):
         self.state_dim = int(env.state_size)
         self._init_sizes()
         self._seed = 0 if seed is None else seed
-        self._key = None
-        self._state = None
-        self._avail = None
         self.c.warm_up(num_envs)
-
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _np(x, dtype) -> np.ndarray:
-        return np.array(x, dtype=dtype)  # a writable copy (np.asarray of a jax array is read-only)
-
-    def _pack(self, batch) -> dict[str, np.ndarray]:
-        obs, state, avail, alive = batch
-        return {
-            "obs": self._np(obs, np.float32),
-            "state": self._np(state, np.float32),
-            "alive": self._np(alive, bool),
-            "avail": self._np(avail, bool),
-        }
-
-    # ------------------------------------------------------------------ contract
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """New battles in every env; the key comes from `seed` (make()'s seed at the first
-        reset), or, on later resets without a seed, continues the env's random stream."""
-        jax = self.c.jax
-        if seed is not None or self._key is None:
-            key = jax.device_put(jax.random.key(self._seed if seed is None else seed), self.c.cpu)
-        else:
-            key = self._key
-        key, reset_key = jax.random.split(key)
-        self._key = key
-        self._state, batch = self.c.reset(reset_key, self.num_envs)
-        self._return = np.zeros(self.num_envs)
-        self._length = np.zeros(self.num_envs, np.int64)
-        batch = self._pack(self.c.jax.device_get(batch))
-        self._avail = batch["avail"]  # the next step's actions are checked against it
-        return batch
-
-    def step(self, actions):
-        if self._state is None:
-            raise RuntimeError(f"{self.env_id}: call reset() before step()")
-        actions = self.check_actions(actions, self._avail).astype(np.int32)
-        self._key, self._state, batch, out = self.c.step(self._key, self._state, actions)
-        batch, out = self.c.jax.device_get((batch, out))  # one transfer for everything
-        reward, terminated, truncated, win, *final = out
-        reward = self._np(reward, np.float32)
-        terminated, truncated = self._np(terminated, bool), self._np(truncated, bool)
-        info: dict[str, Any] = {
-            "agent_rewards": np.repeat(reward[:, None], self.n_agents, axis=1),
-            **{f"final_{key}": value for key, value in self._pack(final).items()},
-        }
-        self._return += reward
-        self._length += 1
-        done = terminated | truncated
-        if done.any():
-            info["episode"] = {
-                "return": np.where(done, self._return, 0.0),
-                "length": np.where(done, self._length, 0),
-                "win": np.where(done, np.asarray(win, np.float64), 0.0),
-            }
-            self._return[done] = 0.0
-            self._length[done] = 0
-        batch = self._pack(batch)
-        self._avail = batch["avail"]
-        return batch, reward, terminated, truncated, info
 
 
 def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> SMAXVecEnv:

@@ -103,8 +103,9 @@ def test_a_sweep_of_two_runs_reports_both_and_resumes(local_ray, tmp_path, capsy
     assert "2 runs, 2 finished before" in out and out.count("skipped (finished before)") == 2
 
 
-def kill_first(marker: str, killed: list, timeout: float = 60) -> None:
-    """SIGKILLs the first process whose command line holds `marker` (the run's algorithm-file process)."""
+def kill_first(marker: str, killed: list, timeout: float = 300) -> None:
+    """SIGKILLs the first process whose command line holds `marker` (the run's algorithm-file process);
+    the timeout is generous: on a loaded machine a Ray worker can take a minute to start the run."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -268,3 +269,26 @@ def test_random_policy_return_on_the_climbing_game_by_hand():
     np.testing.assert_array_equal(metrics["length"], 1)
     assert set(returns) <= {11.0, -30.0, 0.0, 7.0, 6.0, 5.0}
     assert abs(returns.mean() - (-31 / 9)) < 0.8  # the standard error of 4000 episodes is about 0.2
+
+
+# ------------------------------------------------------------------ train_sps: where the time goes
+def test_train_sps_times_the_training_envs_steps_and_splits_the_rest():
+    import numpy as np
+
+    from benchmark.train_sps import StepTimer
+
+    timer = StepTimer()
+    with timer("matrix-climbing", num_envs=2) as env:  # a real env through the wrapper: its steps are timed
+        env.reset()
+        for _ in range(3):
+            env.step(np.zeros((2, 2), np.int64))
+    assert len(timer.made[0]["starts"]) == len(timer.made[0]["ends"]) == 3
+    # hand-made timelines: a one-env probe, an evaluation env that stepped less, and the training env
+    timer.made = [
+        {"num_envs": 1, "starts": list(range(20)), "ends": list(range(20))},
+        {"num_envs": 2, "starts": [100, 101], "ends": [100.5, 101.5]},
+        # steps of 1 s; after step 4 (index 3) a 9 s gap (an update); the other gaps 1 s
+        {"num_envs": 2, "starts": [0, 2, 4, 6, 16, 18], "ends": [1, 3, 5, 7, 17, 19]},
+    ]
+    # second half: steps 3..5, from the end of step 2 (t=5) to t=19: 14 s = 3 env + 3 x median gap 1 + 8 update
+    assert timer.breakdown(num_envs=2) == {"env": 3, "act": 3, "update": 8, "env_steps": 3 * 2}
