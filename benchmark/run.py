@@ -364,6 +364,7 @@ def sweep(args: Args) -> list[dict]:
     rows = {
         key(c): {**done_before[key(c)], "status": "skipped (finished before)"} for c in cmds if key(c) in done_before
     }
+    skipped = len(rows)  # runs of this sweep finished before (out_dir may hold other sweeps' runs too)
     todo = [c for c in cmds if key(c) not in rows]
     print(f"{len(cmds)} runs, {len(rows)} finished before (skipped; --force runs them again), {len(todo)} to run "
           f"in {out_dir}/runs", flush=True)  # fmt: skip
@@ -410,7 +411,7 @@ def sweep(args: Args) -> list[dict]:
                 print(f"[{status}] {clock(result['seconds'] or 0)}  {key(cmd)}", flush=True)
             if ready or time.time() - last_print > 60:
                 capacity = ray.cluster_resources().get("CPU", 1) // args.cpus_per_run
-                n_done = len(rows) - len(done_before)
+                n_done = len(rows) - skipped
                 print(
                     progress(n_done, int(min(len(pending), capacity)), failed, len(todo), time.time() - start),
                     flush=True,

@@ -101,6 +101,11 @@ def test_a_sweep_of_two_runs_reports_both_and_resumes(local_ray, tmp_path, capsy
     assert run.main(args) == 0
     out = capsys.readouterr().out
     assert "2 runs, 2 finished before" in out and out.count("skipped (finished before)") == 2
+    # another sweep into the same folder counts its own runs only, not the finished runs beside them
+    other = run.Args(algos=["mappo"], env_ids=["matrix-climbing"], seeds=[1, 3], extra=TINY, out_dir=str(tmp_path))
+    assert run.main(other) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 1 finished before" in out and "[1/1 done, 0 running, 0 failed]" in out
 
 
 def kill_first(marker: str, killed: list, timeout: float = 300) -> None:
