@@ -20,6 +20,7 @@ user has set it) and does not preallocate memory.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import sys
@@ -64,6 +65,35 @@ def strong(jax, tree):
 def where_done(jnp, done, new, old):
     """`new` on the rows of the envs that ended, `old` elsewhere (for every leaf of a tree)."""
     return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
+
+def batched_reset_step(jax, reset_one, step_one):
+    """The jitted reset_batch(key, num_envs) and step_batch(key, states, actions) of a family, from its
+    one-env `reset_one(key) -> (state, batch)` and `step_one(key, state, actions) -> (state, batch, out)`
+    (out = (reward, agent_rewards, terminated, truncated, *metrics)), vmapped over the batch.
+
+    step_batch auto-resets in the same step: the envs that ended are replaced by fresh ones and their
+    last batch is kept in the output for bootstrapping (a batch-level cond, so that steps where no
+    env ended skip the reset's work)."""
+    jnp = jax.numpy
+
+    def reset_batch(key, num_envs):
+        return jax.vmap(reset_one)(jax.random.split(key, num_envs))
+
+    def step_batch(key, state, actions):
+        key, k_step, k_reset = jax.random.split(key, 3)
+        E = actions.shape[0]
+        state, final, out = jax.vmap(step_one)(jax.random.split(k_step, E), state, actions)
+        done = out[2] | out[3]  # terminated | truncated
+
+        def auto_reset(state):
+            new_state, first = reset_batch(k_reset, E)
+            pick = functools.partial(where_done, jnp, done)
+            return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
+
+        state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
+        return key, state, batch, (*out, *final)
+
+    return jax.jit(reset_batch, static_argnums=1), jax.jit(step_batch)
 
 
 class JaxVecEnv(MultiAgentVecEnv):

@@ -39,7 +39,7 @@ import numpy as np
 
 from envs import BACKENDS as _BACKENDS
 from envs.core import GymVectorMultiAgentEnv, ParallelEnvAdapter, require
-from envs.jaxvec import JaxVecEnv, import_jax, strong, where_done
+from envs.jaxvec import JaxVecEnv, batched_reset_step, import_jax, strong
 
 SCENARIOS = {
     "mpe-spread": "simple_spread_v3",
@@ -137,28 +137,7 @@ class _Compiled:
             truncated = state.step >= max_cycles
             return state, views(obs), (agent_rewards.mean(), agent_rewards, jnp.zeros((), bool), truncated)
 
-        def reset_batch(key, num_envs):
-            return jax.vmap(reset_one)(jax.random.split(key, num_envs))
-
-        def step_batch(key, state, actions):
-            key, k_step, k_reset = jax.random.split(key, 3)
-            E = actions.shape[0]
-            state, final, out = jax.vmap(step_one)(jax.random.split(k_step, E), state, actions)
-            done = out[3]
-
-            # same-step auto-reset: replace the ended envs by fresh ones, keep their last obs/state
-            # (a batch-level cond: the envs of a batch start together and end together, and the 24 steps
-            # of 25 where none ends skip the reset's work)
-            def auto_reset(state):
-                new_state, first = reset_batch(k_reset, E)
-                pick = functools.partial(where_done, jnp, done)
-                return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
-
-            state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
-            return key, state, batch, (*out, *final)
-
-        self.reset = jax.jit(reset_batch, static_argnums=1)
-        self.step = jax.jit(step_batch)
+        self.reset, self.step = batched_reset_step(jax, reset_one, step_one)
         self.continuous = continuous
         self.warm: set[int] = set()  # batch sizes already compiled
 

@@ -33,13 +33,12 @@ arrays, the persistent compilation cache and the jax settings are `envs.jaxvec`'
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from envs.jaxvec import JaxVecEnv, import_jax, strong, where_done
+from envs.jaxvec import JaxVecEnv, batched_reset_step, import_jax, strong
 
 _CACHE: dict[tuple, Any] = {}  # (map, options) -> _Compiled
 
@@ -91,27 +90,7 @@ class _Compiled:
             agent_rewards = jnp.full(n_allies, reward)
             return state, views(obs, state), (reward, agent_rewards, terminated, truncated, win)
 
-        def reset_batch(key, num_envs):
-            return jax.vmap(reset_one)(jax.random.split(key, num_envs))
-
-        def step_batch(key, state, actions):
-            key, k_step, k_reset = jax.random.split(key, 3)
-            E = actions.shape[0]
-            state, final, out = jax.vmap(step_one)(jax.random.split(k_step, E), state, actions)
-            done = state.state.done
-
-            # same-step auto-reset: replace the ended envs by fresh ones, keep their last obs/state
-            # (a batch-level cond, so that steps where no battle ended skip the reset's work)
-            def auto_reset(state):
-                new_state, first = reset_batch(k_reset, E)
-                pick = functools.partial(where_done, jnp, done)
-                return jax.tree.map(pick, new_state, state), jax.tree.map(pick, first, final)
-
-            state, batch = jax.lax.cond(done.any(), auto_reset, lambda state: (state, final), state)
-            return key, state, batch, (*out, *final)
-
-        self.reset = jax.jit(reset_batch, static_argnums=1)
-        self.step = jax.jit(step_batch)
+        self.reset, self.step = batched_reset_step(jax, reset_one, step_one)
         self.warm: set[int] = set()  # batch sizes already compiled
 
     def warm_up(self, num_envs: int) -> None:
