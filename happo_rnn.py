@@ -192,7 +192,8 @@ class Args:
 
 
 # Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
-# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
+# jitted call steps the whole batch (envs.batched: SMAX, the jax particle worlds), else "plain" (the defaults
+# before batching).
 # Batched: 6.4x the envs, 0.15x the steps (a multiple of --chunk-length): about the same batch (3,840
 # against 4,000 env steps) and updates per env step (docs/throughput.md, "Batched backends").
 ROLLOUT_DEFAULTS = {

@@ -162,7 +162,8 @@ class Args:
 
 
 # Rollout flags left unset (None), filled in by envs.experiment.resolve_rollout: "batched" where one
-# jitted call steps the whole batch (envs.batched: SMAX), else "plain" (the defaults before batching).
+# jitted call steps the whole batch (envs.batched: SMAX, the jax particle worlds), else "plain" (the defaults
+# before batching).
 # Batched: 16x the envs, a quarter of the steps, 4 minibatches: the same minibatch size and
 # PPO gradient steps per env step (docs/throughput.md, "Batched backends").
 ROLLOUT_DEFAULTS = {

@@ -10,6 +10,10 @@ with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock
 seeds (mean of each run's last 10% of points), seeds, steps, wall time. --smooth k: a running
 mean over k logged points; --smooth-steps s: a running mean over the points of the last s env
 steps, which treats files that log every episode and files that log once per iteration alike.
+--published NAME=VALUE[@STEPS]: a paper's final value as a dashed line (in the colour of experiment
+NAME where there is one), with a marker at the paper's budget STEPS, e.g.
+
+    python benchmark/plot.py --env-ids smax-3s5z --tag eval/win_rate --published mat=1.0@3e6 mappo=0.725@3e6
 """
 
 from __future__ import annotations
@@ -88,6 +92,24 @@ def final_value(curve: np.ndarray) -> float:
     return float(curve[-k:, 1].mean())
 
 
+def parse_published(pairs: list[str]) -> list[tuple[str, float, float | None]]:
+    """--published NAME=VALUE[@STEPS] ... as [(name, value, steps or None)]."""
+    marks = []
+    for pair in pairs:
+        name, sep, rest = pair.partition("=")
+        value, at, steps = rest.partition("@")
+        try:
+            if not (sep and name):
+                raise ValueError
+            marks.append((name, float(value), float(steps) if at else None))
+        except ValueError:
+            raise SystemExit(
+                f"--published {pair!r}: write NAME=VALUE or NAME=VALUE@STEPS, in the plotted scalar's units"
+                " (e.g. mat=1.0@3e6 for a 100% win rate at 3e6 env steps)"
+            ) from None
+    return marks
+
+
 def table(env_id: str, experiments: dict, tag: str) -> str:
     lines = [f"| {env_id} | {tag} (final, mean ± std) | seeds | env steps | wall time |", "|---|---|---|---|---|"]
     for exp_name, curves in sorted(experiments.items()):
@@ -119,6 +141,9 @@ class Args:
     """running mean over this many logged points before plotting (tables use the raw values)"""
     smooth_steps: int = 0
     """running mean over the points of the last this many env steps (0: off)"""
+    published: list[str] = field(default_factory=list)
+    """papers' final values to mark, NAME=VALUE[@STEPS] in the plotted scalar's units (a win rate of 72.5%:
+    0.725); NAME is the label, and the colour of the experiment of that name where there is one"""
 
 
 def main(args: Args) -> None:
@@ -134,6 +159,7 @@ def main(args: Args) -> None:
     if not found:
         raise SystemExit(f"no runs with scalar {args.tag!r} under {args.runs_dir!r}")
     x_col = 0 if args.x == "steps" else 2
+    marks = parse_published(args.published)
     slug = args.tag.replace("/", "_") + ("" if x_col == 0 else "__wall")  # a wall-time plot keeps the steps plot
     tab10 = plt.get_cmap("tab10").colors
     tab20 = plt.get_cmap("tab20").colors
@@ -141,8 +167,9 @@ def main(args: Args) -> None:
     for env_id, experiments in sorted(found.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         palette = tab10 if len(experiments) <= 10 else tab20
+        colours = {}
         for i, (exp_name, curves) in enumerate(sorted(experiments.items())):
-            colour = palette[i % len(palette)]  # past 20 lines colours repeat; no line is left out
+            colour = colours[exp_name] = palette[i % len(palette)]  # past 20 lines colours repeat; none is left out
             grid, mean, low, high = mean_curve(curves, x_col, window=args.smooth, span=args.smooth_steps)
             if x_col == 2:
                 grid = grid / 60
@@ -150,6 +177,11 @@ def main(args: Args) -> None:
             label = f"{exp_name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
             ax.plot(grid, mean, label=label, color=colour, **dot)
             ax.fill_between(grid, low, high, color=colour, alpha=0.2)
+        for name, value, steps in marks:
+            colour = colours.get(name, "0.4")
+            ax.axhline(value, color=colour, linestyle="--", linewidth=1, label=f"{name}: published")
+            if steps is not None and x_col == 0:  # the budget is in env steps, not minutes
+                ax.plot([steps], [value], marker="*", markersize=10, color=colour)
         ax.set_xlabel("env steps" if x_col == 0 else "wall time (min)")
         ax.set_ylabel(args.tag)
         ax.set_title(env_id)

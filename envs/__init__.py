@@ -54,9 +54,9 @@ FAMILIES = {
     "rware": ("envs.rware", RWARE_IDS),
     "grf": ("envs.grf", GRF_IDS),
 }
-# families whose `make` steps the whole batch in one jitted call, so that 128 envs cost little more
-# than 8: the algorithm files default to many envs there (see `batched`)
-BATCHED_FAMILIES = ("smax",)
+# family -> its backend whose `make` steps the whole batch in one jitted call, so that 128 envs cost
+# little more than 8: the algorithm files default to many envs there (see `batched`)
+BATCHED_BACKENDS = {"smax": "jax", "mpe": "jax"}
 
 # family -> its simulator backends, the default first; where there are several, the option
 # `backend=...` of envs.make (`--env-options backend=...` in the algorithm files) picks one
@@ -91,11 +91,14 @@ def family(env_id: str) -> str:
     )
 
 
-def batched(env_id: str) -> bool:
-    """True where one jitted call steps the whole batch of `env_id` (SMAX), so that the algorithm
-    files default to many envs there (their `ROLLOUT_DEFAULTS["batched"]`, applied by
-    `envs.experiment.resolve_rollout`). A family opts in by its name in `BATCHED_FAMILIES`."""
-    return family(env_id) in BATCHED_FAMILIES
+def batched(env_id: str, options: dict[str, Any] | None = None) -> bool:
+    """True where one jitted call steps the whole batch of `env_id` made with these `options` (SMAX; the
+    particle worlds on their default jax backend, not with `backend="mpe2"`), so that the algorithm files
+    default to many envs there (their `ROLLOUT_DEFAULTS["batched"]`, applied by
+    `envs.experiment.resolve_rollout`). A family opts in with its jitted backend in `BATCHED_BACKENDS`."""
+    name = family(env_id)
+    backend = (options or {}).get("backend", BACKENDS[name][0])
+    return BATCHED_BACKENDS.get(name) == backend
 
 
 def make(env_id: str, num_envs: int = 1, seed: int | None = None, **options) -> MultiAgentVecEnv:

@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 import torch
 
-from envs import batched
+from envs import batched, parse_options
 
 # the Args fields every file derives itself; a user who passes one would be silently overridden
 RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
@@ -51,9 +51,10 @@ def flag(name: str) -> str:
 
 def resolve_rollout(args, defaults: dict[str, dict[str, int]]) -> None:
     """Fill in the rollout flags left unset (None): `defaults["batched"]` where one jitted call steps the
-    whole batch (`envs.batched`: SMAX; 128 envs cost little more than 8), else `defaults["plain"]`.
-    Flags the user passed are kept. Prints the resolved values."""
-    kind = "batched" if batched(args.env_id) else "plain"  # an unknown id raises the error that lists the ids
+    whole batch (`envs.batched`: SMAX, the jax particle worlds; 128 envs cost little more than 8), else
+    `defaults["plain"]`. Flags the user passed are kept. Prints the resolved values."""
+    options = parse_options(args.env_options)
+    kind = "batched" if batched(args.env_id, options) else "plain"  # an unknown id raises the error listing the ids
     for name, value in defaults[kind].items():
         if getattr(args, name) is None:
             setattr(args, name, value)

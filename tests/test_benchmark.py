@@ -241,6 +241,35 @@ def test_plot_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
     assert lines["maddpg"].get_marker() == "o" and lines["mappo"].get_marker() in ("None", None, "")
 
 
+def test_plot_marks_the_published_values_in_their_experiments_colours(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmark import plot
+
+    for name in ["smax-3s5z__mappo__1__0", "smax-3s5z__mat__1__0"]:
+        writer = SummaryWriter(str(tmp_path / "runs" / name))
+        for step in [50, 100]:
+            writer.add_scalar("eval/win_rate", 0.5, step)
+        writer.close()
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    args = plot.Args(runs_dir=str(tmp_path / "runs"), out_dir=str(tmp_path / "out"), tag="eval/win_rate",
+                     published=["mat=1.0@3e6", "HAPPO [MAT]=0.9"])  # fmt: skip
+    plot.main(args)
+    lines = {line.get_label(): line for line in saved[0].axes[0].lines}
+    mat, paper_mat, paper_happo = lines["mat (1 seed)"], lines["mat: published"], lines["HAPPO [MAT]: published"]
+    assert list(paper_mat.get_ydata()) == [1.0, 1.0] and paper_mat.get_linestyle() == "--"
+    assert paper_mat.get_color() == mat.get_color()  # the paper's line in the colour of our curve
+    assert paper_happo.get_color() == "0.4" and list(paper_happo.get_ydata()) == [0.9, 0.9]  # no such experiment
+    stars = [line for line in saved[0].axes[0].lines if line.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [3e6] and list(stars[0].get_ydata()) == [1.0]
+    assert plot.parse_published(["a=0.5", "b=-1@2e6"]) == [("a", 0.5, None), ("b", -1.0, 2e6)]
+    for bad in ["mat", "mat=high", "=0.5", "mat=0.5@soon"]:
+        with pytest.raises(SystemExit, match="write NAME=VALUE or NAME=VALUE@STEPS"):
+            plot.parse_published([bad])
+
+
 def test_plot_over_wall_time_writes_its_own_file(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

@@ -198,9 +198,11 @@ def test_num_envs_means_the_same_everywhere(algo):
     assert kind == ("int" if algo in FIXED_ENVS else "int | None"), algo
 
 
-def test_batched_families_are_the_jax_ones():
+def test_batched_envs_are_the_jitted_backends():
     assert envs.batched("smax-3m") and envs.batched("smax-5m_vs_6m")
-    assert not any(envs.batched(i) for i in ("mpe-spread", "ant-2x4", "matrix-climbing", "lbf-8x8-2p-3f"))
+    assert envs.batched("mpe-spread") and envs.batched("mpe-spread", {"backend": "jax"})
+    assert not envs.batched("mpe-spread", {"backend": "mpe2"})  # PettingZoo's python worlds: one env at a time
+    assert not any(envs.batched(i) for i in ("ant-2x4", "matrix-climbing", "lbf-8x8-2p-3f", "tsc-2x2"))
     with pytest.raises(ValueError, match="unknown env id 'smax-4m'. Valid ids: .*smax-3m"):
         envs.batched("smax-4m")
 
@@ -211,10 +213,15 @@ def test_rollout_defaults_follow_the_env_family_and_keep_explicit_flags(algo, ca
     plain, batched = module.ROLLOUT_DEFAULTS["plain"], module.ROLLOUT_DEFAULTS["batched"]
     assert plain.keys() == batched.keys() and "num_envs" in plain
     assert 64 <= batched["num_envs"] <= 256 and batched["num_envs"] > plain["num_envs"]
-    for env_id, expected in (("smax-3m", batched), ("mpe-spread", plain), ("ant-2x4", plain)):
-        args = module.Args(env_id=env_id)
+    for env_id, options, expected in (
+        ("smax-3m", (), batched),
+        ("mpe-spread", (), batched),
+        ("mpe-spread", ("backend=mpe2",), plain),
+        ("ant-2x4", (), plain),
+    ):
+        args = module.Args(env_id=env_id, env_options=options)
         experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
-        assert {k: getattr(args, k) for k in expected} == expected, env_id
+        assert {k: getattr(args, k) for k in expected} == expected, (env_id, options)
     assert "is batched: many envs unless --num-envs is given" in capsys.readouterr().out
     args = module.Args(env_id="smax-3m", num_envs=8, num_steps=7)  # explicit flags are kept, the rest filled in
     experiment.resolve_rollout(args, module.ROLLOUT_DEFAULTS)
@@ -226,7 +233,7 @@ def test_rollout_defaults_follow_the_env_family_and_keep_explicit_flags(algo, ca
 @pytest.mark.parametrize("algo", ROLLOUT_ALGOS)
 def test_train_resolves_the_rollout_defaults(algo, monkeypatch, capsys):
     """train() fills in the unset flags before it makes the env: here a toy game posing as a batched env."""
-    monkeypatch.setattr(experiment, "batched", lambda env_id: True)
+    monkeypatch.setattr(experiment, "batched", lambda env_id, options=None: True)
     module = importlib.import_module(algo)
     batched = module.ROLLOUT_DEFAULTS["batched"]
     one_batch = batched["num_envs"] * batched["num_steps"]
