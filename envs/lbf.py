@@ -137,6 +137,7 @@ class _Compiled:
         # the spawn below needs a free cell for every food: each food rules out at most 13 cells
         assert (S - 2) ** 2 - N - 13 * (F - 1) > 0, f"{env_id}: too many foods for the grid"
         self.n_agents, self.n_foods, self.space = N, F, observation_space(kw)
+        self.action_masks = action_masks
         # Jumanji's env, for its reward only (its generator is never called)
         generator = lbf.RandomGenerator(grid_size=S, num_agents=N, num_food=F, fov=min(sight, S), force_coop=coop)
         reward_env = lbf.LevelBasedForaging(generator, time_limit=episode_limit, normalize_reward=True, penalty=0.0)
