@@ -1,4 +1,5 @@
-"""Level-Based Foraging (LBF) through `lbforaging` (Papoudakis et al. 2021, the EPyMARL benchmark).
+"""Level-Based Foraging (LBF) through `lbforaging`, or in jax (`backend="jax"`), as in the EPyMARL
+benchmark (Papoudakis et al. 2021).
 
 Agents with levels 1-2 walk on a grid and load food; a food is loaded when the agents standing next
 to it and choosing LOAD on the same step have levels summing to at least its level. Each loading
@@ -26,8 +27,8 @@ Options (`envs.make(id, **options)`, or `--env-options KEY=VALUE` in every algor
   backend="jax"   the whole batch in one jitted, vmapped reset / step with the auto-reset inside it,
                   built on Jumanji 1.1.2's LBF (`jumanji.environments.routing.lbf`: its state types,
                   its loading and its reward) with lbforaging's rules where Jumanji's differ: the
-                  spawn (players first, anywhere; food inside the border, never next to or two cells
-                  in line from another food), movement (an agent may step into a cell that another
+                  spawn (players first, anywhere; food inside the border, never in the 3x3 around
+                  nor two cells in line from another food), movement (an agent may step into a cell that another
                   leaves, two may swap, only agents that claim the same cell stay), the valid actions
                   (other agents do not block a move) and the observation (visible foods in row-major
                   order, visible agents packed after the agent itself, lbforaging's window for agents
