@@ -17,7 +17,7 @@ BACKEND = {
     "mamujoco": "mujoco, stepped directly (gymnasium-robotics mamujoco_v1: backend=gymnasium-robotics)",
     "smax": "JaxMARL SMAX (jax.jit + vmap)",
     "mpe": "JaxMARL MPE (jax.jit + vmap); mpe2 with backend=mpe2",
-    "lbf": "lbforaging",
+    "lbf": "lbforaging; Jumanji's LBF (jax.jit + vmap) with backend=jax",
     "rware": "rware",
     "grf": "gfootball (built from source, optional)",
 }

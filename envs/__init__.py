@@ -67,7 +67,7 @@ BACKENDS = {
     "smax": ("jax",),
     "smac": ("smac",),
     "mpe": ("jax", "mpe2"),  # envs/mpe.py, docs/backend-mpe-jax.md
-    "lbf": ("lbforaging",),
+    "lbf": ("lbforaging", "jax"),  # envs/lbf.py, docs/backend-lbf-jax.md
     "rware": ("rware",),
     "grf": ("gfootball",),
 }

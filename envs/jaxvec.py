@@ -1,5 +1,5 @@
-"""The contract on top of a JaxMARL environment batched with `jax.vmap` and `jax.jit` on the CPU
-(SMAX in `envs.smax`, the particle worlds' jax backend in `envs.mpe`).
+"""The contract on top of a jax environment batched with `jax.vmap` and `jax.jit` on the CPU
+(SMAX in `envs.smax`, the particle worlds' jax backend in `envs.mpe`, LBF's in `envs.lbf`).
 
 A family supplies a compiled object (`c`) with:
     c.jax, c.cpu                    the jax module and the CPU device
@@ -33,8 +33,9 @@ from envs.core import MultiAgentVecEnv, require
 JAX_PIP = "jax jaxmarl"
 
 
-def import_jax(env_id: str, module: str):
-    """Import jax (on the CPU, without preallocation) and a JaxMARL module, quietly."""
+def import_jax(env_id: str, module: str, pip_name: str = "jaxmarl"):
+    """Import jax (on the CPU, without preallocation) and a jax simulator's module (JaxMARL's, or
+    `pip_name`'s), quietly."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     jax = require("jax", JAX_PIP, env_id)
@@ -50,7 +51,7 @@ def import_jax(env_id: str, module: str):
     stdout, dunder = sys.stdout, sys.__stdout__
     sys.stdout = sys.__stdout__ = io.StringIO()
     try:
-        mod = require(module, "jaxmarl", env_id)
+        mod = require(module, pip_name, env_id)
     finally:
         sys.stdout, sys.__stdout__ = stdout, dunder
     return jax, mod
@@ -65,6 +66,7 @@ def strong(jax, tree):
 def where_done(jnp, done, new, old):
     """`new` on the rows of the envs that ended, `old` elsewhere (for every leaf of a tree)."""
     return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
+
 
 def batched_reset_step(jax, reset_one, step_one):
     """The jitted reset_batch(key, num_envs) and step_batch(key, states, actions) of a family, from its
