@@ -1,7 +1,7 @@
 """The contract on top of a jax environment batched with `jax.vmap` and `jax.jit` on the CPU
 (SMAX in `envs.smax`, the particle worlds' jax backend in `envs.mpe`, LBF's in `envs.lbf`).
 
-A family supplies a compiled object (`c`) with:
+A family supplies a compiled object (`c`, a `Compiled`) with:
     c.jax, c.cpu                    the jax module and the CPU device
     c.reset(key, num_envs)          -> (env states, batch)
     c.step(key, states, actions)    -> (key, env states, batch, out), the whole batch in one jitted
@@ -9,6 +9,7 @@ A family supplies a compiled object (`c`) with:
     batch = (obs [E, N, obs_dim], state [E, S], avail [E, N, A], alive [E, N])
     out   = (reward [E], agent_rewards [E, N], terminated [E], truncated [E],
              metrics [E] per name of metric_names, *final batch)
+    c.idle_actions(num_envs)        valid actions to compile the step with (`Compiled.warm_up`)
 `JaxVecEnv` keeps the key and the env states, moves the arrays to numpy once per step (one
 `device_get` for everything) and keeps the episode bookkeeping.
 
@@ -66,6 +67,39 @@ def strong(jax, tree):
 def where_done(jnp, done, new, old):
     """`new` on the rows of the envs that ended, `old` elsewhere (for every leaf of a tree)."""
     return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
+
+
+class Compiled:
+    """Base of a family's compiled object (`c` above): `warm_up` compiles its reset and step for a batch
+    size, once per process; the family sets `self.warm = set()` and gives `idle_actions`."""
+
+    warm: set[int]
+
+    def idle_actions(self, num_envs: int) -> np.ndarray:
+        """Valid actions for every agent of `num_envs` envs, to compile the step with."""
+        raise NotImplementedError
+
+    def warm_up(self, num_envs: int) -> None:
+        """Compile reset and step for this batch size (once per process, per batch size)."""
+        if num_envs in self.warm:
+            return
+        key = self.jax.device_put(self.jax.random.key(0), self.cpu)
+        state, _ = self.reset(key, num_envs)
+        self.jax.block_until_ready(self.step(key, state, self.idle_actions(num_envs)))
+        self.warm.add(num_envs)
+
+
+def check_backend(env_id: str, backend: str, backends: tuple[str, ...], vectorization: str) -> None:
+    """The errors of a family with a jax backend beside a Python one: an unknown backend, and
+    `vectorization` (an option of the Python backend's vector env) asked of the jax one."""
+    if backend not in backends:
+        raise ValueError(f"{env_id}: backend must be one of {backends} (default {backends[0]!r}), got {backend!r}")
+    python = next(b for b in backends if b != "jax")
+    if backend == "jax" and vectorization != "sync":
+        raise ValueError(
+            f"{env_id}: vectorization={vectorization!r} applies to backend={python!r} only (the jax backend "
+            f"steps the whole batch in one call); pass backend={python!r} or drop vectorization"
+        )
 
 
 def batched_reset_step(jax, reset_one, step_one):

@@ -55,7 +55,7 @@ import numpy as np
 from envs import BACKENDS as _BACKENDS
 from envs import LBF_IDS as IDS  # the EPyMARL paper's tasks, and 8x8-2p-3f of EPyMARL's README
 from envs.core import AgentTupleParallelEnv, GymVectorMultiAgentEnv, ParallelEnvAdapter, require
-from envs.jaxvec import JaxVecEnv, batched_reset_step, import_jax, strong
+from envs.jaxvec import Compiled, JaxVecEnv, batched_reset_step, check_backend, import_jax, strong
 
 EPISODE_LIMIT = 50
 BACKENDS = _BACKENDS["lbf"]  # the first is the default
@@ -118,7 +118,7 @@ NONE, LOAD = 0, 5
 MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1], [0, 0]], np.int32)  # none N S W E load: (drow, dcol)
 
 
-class _Compiled:
+class _Compiled(Compiled):
     """One LBF task's jitted, vmapped reset / step (shared by every env of a task).
 
     Jumanji's `State` / `Agent` / `Food`, its `eat_food` (the loading agents next to a food load it
@@ -249,14 +249,8 @@ class _Compiled:
         self.reset, self.step = batched_reset_step(jax, reset_one, step_one)
         self.warm: set[int] = set()  # batch sizes already compiled
 
-    def warm_up(self, num_envs: int) -> None:
-        """Compile reset and step for this batch size (once per process, per batch size)."""
-        if num_envs in self.warm:
-            return
-        key = self.jax.device_put(self.jax.random.key(0), self.cpu)
-        state, _ = self.reset(key, num_envs)
-        self.jax.block_until_ready(self.step(key, state, np.zeros((num_envs, self.n_agents), np.int32)))
-        self.warm.add(num_envs)
+    def idle_actions(self, num_envs: int) -> np.ndarray:
+        return np.zeros((num_envs, self.n_agents), np.int32)  # NONE
 
 
 _CACHE: dict[tuple, _Compiled] = {}  # (env id, episode limit, action masks) -> _Compiled
@@ -295,14 +289,8 @@ def make(
 ) -> Any:
     """See the module docstring for the options."""
     task_kwargs(env_id, episode_limit)  # an unknown task fails here, before any env is built
-    if backend not in BACKENDS:
-        raise ValueError(f"{env_id}: backend must be one of {BACKENDS} (default {BACKENDS[0]!r}), got {backend!r}")
+    check_backend(env_id, backend, BACKENDS, vectorization)
     if backend == "jax":
-        if vectorization != "sync":
-            raise ValueError(
-                f"{env_id}: vectorization={vectorization!r} applies to backend='lbforaging' only (the jax "
-                "backend steps the whole batch in one call); pass backend='lbforaging' or drop vectorization"
-            )
         return JaxLBFVecEnv(env_id, num_envs, seed, episode_limit, action_masks)
     fns = [functools.partial(_make_adapter, env_id, episode_limit, action_masks) for _ in range(num_envs)]
     return GymVectorMultiAgentEnv(env_id, fns, vectorization, seed, episode_limit=episode_limit)

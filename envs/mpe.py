@@ -39,7 +39,7 @@ import numpy as np
 
 from envs import BACKENDS as _BACKENDS
 from envs.core import GymVectorMultiAgentEnv, ParallelEnvAdapter, require
-from envs.jaxvec import JaxVecEnv, batched_reset_step, import_jax, strong
+from envs.jaxvec import Compiled, JaxVecEnv, batched_reset_step, check_backend, import_jax, strong
 
 SCENARIOS = {
     "mpe-spread": "simple_spread_v3",
@@ -90,7 +90,7 @@ def set_world(parallel_env, env_id: str, p_pos, p_vel, c, goal) -> None:
 
 
 # ------------------------------------------------------------------------------- jax backend
-class _Compiled:
+class _Compiled(Compiled):
     """One JaxMARL MPE scenario and its jitted, vmapped reset / step (shared by every env of a task)."""
 
     def __init__(self, env_id: str, max_cycles: int):
@@ -141,17 +141,10 @@ class _Compiled:
         self.continuous = continuous
         self.warm: set[int] = set()  # batch sizes already compiled
 
-    def warm_up(self, num_envs: int) -> None:
-        """Compile reset and step for this batch size (once per process, per batch size)."""
-        if num_envs in self.warm:
-            return
-        key = self.jax.device_put(self.jax.random.key(0), self.cpu)
-        state, _ = self.reset(key, num_envs)
+    def idle_actions(self, num_envs: int) -> np.ndarray:
         n = len(self.act_dims)
         shape = (num_envs, n, max(self.act_dims)) if self.continuous else (num_envs, n)
-        actions = np.zeros(shape, np.float32 if self.continuous else np.int32)
-        self.jax.block_until_ready(self.step(key, state, actions))
-        self.warm.add(num_envs)
+        return np.zeros(shape, np.float32 if self.continuous else np.int32)
 
 
 _CACHE: dict[tuple, _Compiled] = {}  # (env id, max_cycles) -> _Compiled
@@ -212,14 +205,8 @@ def make(
     render_mode: str | None = None,
 ) -> Any:
     """See the module docstring for the options."""
-    if backend not in BACKENDS:
-        raise ValueError(f"{env_id}: backend must be one of {BACKENDS} (default {BACKENDS[0]!r}), got {backend!r}")
+    check_backend(env_id, backend, BACKENDS, vectorization)
     if backend == "jax":
-        if vectorization != "sync":
-            raise ValueError(
-                f"{env_id}: vectorization={vectorization!r} applies to backend='mpe2' only (the jax backend "
-                "steps the whole batch in one call); pass backend='mpe2' or drop vectorization"
-            )
         return JaxMPEVecEnv(env_id, num_envs, seed, max_cycles, render_mode)
     fns = [functools.partial(_make_adapter, env_id, max_cycles, render_mode) for _ in range(num_envs)]
     return GymVectorMultiAgentEnv(env_id, fns, vectorization, seed, episode_limit=max_cycles)

@@ -38,12 +38,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.jaxvec import JaxVecEnv, batched_reset_step, import_jax, strong
+from envs.jaxvec import Compiled, JaxVecEnv, batched_reset_step, import_jax, strong
 
 _CACHE: dict[tuple, Any] = {}  # (map, options) -> _Compiled
 
 
-class _Compiled:
+class _Compiled(Compiled):
     """One SMAX scenario and its jitted, vmapped reset / step (shared by every env of a map)."""
 
     def __init__(self, env_id: str, map_name: str, options: dict):
@@ -93,15 +93,8 @@ class _Compiled:
         self.reset, self.step = batched_reset_step(jax, reset_one, step_one)
         self.warm: set[int] = set()  # batch sizes already compiled
 
-    def warm_up(self, num_envs: int) -> None:
-        """Compile reset and step for this batch size (once per process, per batch size)."""
-        if num_envs in self.warm:
-            return
-        key = self.jax.device_put(self.jax.random.key(0), self.cpu)
-        state, batch = self.reset(key, num_envs)
-        actions = np.full((num_envs, self.env.num_allies), self.env.num_movement_actions - 1, np.int32)
-        self.jax.block_until_ready(self.step(key, state, actions))
-        self.warm.add(num_envs)
+    def idle_actions(self, num_envs: int) -> np.ndarray:
+        return np.full((num_envs, self.env.num_allies), self.env.num_movement_actions - 1, np.int32)  # stop
 
 
 def _compiled(env_id: str, map_name: str, options: dict) -> _Compiled:
