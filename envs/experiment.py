@@ -12,6 +12,8 @@ Each algorithm file calls these in one line each:
     log_eval(writer, step, ret, win, n) the eval line, printed and logged
     video_path / Video                  MP4 of the first episode of the first eval env
     save_checkpoint / load_checkpoint   atomic save; clear errors for broken checkpoints
+    resume_run(path, algo, args)        --resume: the saved run's flags, training state and folder
+    rng_state / set_rng_state           the random generators' states, saved for --resume
     print_summary(...)                  run dir, final eval, model path, the TensorBoard command
     main()                              around `train(tyro.cli(Args))`: Ctrl-C and early failures
 
@@ -24,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import random
 import shutil
 import signal
 import sys
@@ -39,6 +42,11 @@ from envs import batched, parse_options
 
 # the Args fields every file derives itself; a user who passes one would be silently overridden
 RUNTIME_FIELDS = ("batch_size", "minibatch_size", "num_iterations")
+# the flags a resumed run may change (--resume); every other flag is the saved run's
+RESUME_MAY_CHANGE = (
+    "total_timesteps", "eval_interval", "eval_episodes", "capture_video", "cuda", "torch_threads", "track",
+    "wandb_project_name", "wandb_entity",
+)  # fmt: skip
 VIDEO_MAX_FRAMES = 200  # frames rendered per video: a 1000-step MuJoCo episode renders every 5th step
 
 _current = {"run_dir": None, "updated": False, "training": None}  # the run of this process, for clean-ups
@@ -102,8 +110,10 @@ def make_run_dir(env_id: str, exp_name: str, seed: int, root: str = "runs") -> s
     raise RuntimeError(f"could not create a run folder next to {base}")
 
 
-def make_writer(args, run_dir: str):
-    """TensorBoard writer on run_dir, mirrored to Weights & Biases with --track; logs the hyper-parameters."""
+def make_writer(args, run_dir: str, purge_step: int = 0):
+    """TensorBoard writer on run_dir, mirrored to Weights & Biases with --track; logs the hyper-parameters.
+    `purge_step` (a resumed run's step): TensorBoard drops what the run logged at or after it before it stopped,
+    so the curves continue from the saved state without a doubled stretch."""
     if getattr(args, "track", False):
         try:
             import wandb
@@ -120,6 +130,8 @@ def make_writer(args, run_dir: str):
         )
     from torch.utils.tensorboard import SummaryWriter
 
+    if purge_step:
+        return SummaryWriter(run_dir, purge_step=purge_step)
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
@@ -149,15 +161,17 @@ class Training:
     line is printed at every tenth of the run.
     """
 
-    def __init__(self, run_dir: str, total_timesteps: int):
+    def __init__(self, run_dir: str, total_timesteps: int, start_step: int = 0):
         if _current["training"] is not None:  # a run of this process that raised without closing
             _current["training"].close()
         _current["training"] = self
         self.run_dir, self.total = run_dir, total_timesteps
-        self.interrupted, self.start, self.next_tenth = False, time.time(), 1
-        self._old_handler = None
+        self.interrupted, self.start, self.start_step = False, time.time(), start_step  # start_step: --resume
+        self.next_tenth = 10 * start_step // total_timesteps + 1
+        self._old_handler = self._old_term_handler = None
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            self._old_term_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.bar = None
         print(f"logging to {run_dir} (tensorboard --logdir {os.path.dirname(run_dir) or '.'})", flush=True)
         if sys.stdout.isatty():
@@ -172,7 +186,7 @@ class Training:
                 rp.TextColumn("{task.fields[stats]}"),
                 refresh_per_second=2,
             )
-            self.task = self.bar.add_task("training", total=total_timesteps, stats="")
+            self.task = self.bar.add_task("training", total=total_timesteps, completed=start_step, stats="")
             self.bar.start()
 
     def _on_sigint(self, signum, frame):
@@ -180,20 +194,24 @@ class Training:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts
         print("\nCtrl-C: stopping after this iteration and saving the model (Ctrl-C again to abort)", flush=True)
 
+    def _on_sigterm(self, signum, frame):  # a scheduler's stop (Slurm, Ray, kill): as a first Ctrl-C
+        self.interrupted = True
+        print("\nSIGTERM: stopping after this iteration and saving the model", flush=True)
+
     def update(self, global_step: int, recent_returns=(), recent_wins=()) -> None:
         """After an iteration: show the step count and the mean of the latest episodes' returns / wins."""
         _current["updated"] = True
         episodic_return = float(np.mean(recent_returns)) if len(recent_returns) else float("nan")
         win_rate = float(np.mean(recent_wins)) if len(recent_wins) else float("nan")
         elapsed = time.time() - self.start
-        stats = f"SPS {int(global_step / max(elapsed, 1e-9)):,}  return {episodic_return:.3f}"
+        stats = f"SPS {int((global_step - self.start_step) / max(elapsed, 1e-9)):,}  return {episodic_return:.3f}"
         if not math.isnan(win_rate):
             stats += f"  win rate {win_rate:.2f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=min(global_step, self.total), stats=stats)
         elif 10 * global_step >= self.next_tenth * self.total:
             self.next_tenth = 10 * global_step // self.total + 1
-            eta = elapsed * max(self.total - global_step, 0) / max(global_step, 1)
+            eta = elapsed * max(self.total - global_step, 0) / max(global_step - self.start_step, 1)
             print(
                 f"step {global_step:,}/{self.total:,} ({100 * global_step / self.total:.0f}%)  "
                 f"elapsed {fmt_time(elapsed)}  ETA {fmt_time(eta)}  {stats}",
@@ -208,7 +226,8 @@ class Training:
             self.bar = None
         if self._old_handler is not None:
             signal.signal(signal.SIGINT, self._old_handler)
-            self._old_handler = None
+            signal.signal(signal.SIGTERM, self._old_term_handler)
+            self._old_handler = self._old_term_handler = None
 
 
 def fmt_time(seconds: float) -> str:
@@ -254,8 +273,8 @@ def save_checkpoint(path: str, payload: dict) -> str:
     return path
 
 
-def load_checkpoint(path: str, algo: str, env_id: str) -> dict:
-    """A saved model, checked: a readable file, made by `algo` for `env_id`, with finite weights."""
+def load_checkpoint(path: str, algo: str, env_id: str | None) -> dict:
+    """A saved model, checked: a readable file, made by `algo` for `env_id` (None: any), with finite weights."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path!r} does not exist; pass the path of a saved runs/<run>/<exp_name>.pt")
     if os.path.getsize(path) == 0:
@@ -274,7 +293,7 @@ def load_checkpoint(path: str, algo: str, env_id: str) -> dict:
             f"{path} was saved by {ckpt['algo']}.py; evaluate it with: "
             f"python {ckpt['algo']}.py --env-id {ckpt.get('env_id')} --checkpoint {path}"
         )
-    if ckpt.get("env_id") != env_id:
+    if env_id is not None and ckpt.get("env_id") != env_id:
         raise ValueError(f"{path} was made for env {ckpt.get('env_id')}; pass --env-id {ckpt.get('env_id')}")
     bad = non_finite({k: v for k, v in ckpt.items() if k != "args"}, "checkpoint")
     if bad:
@@ -293,6 +312,61 @@ def non_finite(tree, prefix: str) -> list[str]:
     if isinstance(tree, np.ndarray) and np.issubdtype(tree.dtype, np.floating):
         return [] if bool(np.isfinite(tree).all()) else [prefix]
     return []
+
+
+def rng_state() -> dict:
+    """The states of the random generators a training loop draws from (python, numpy, torch), for --resume."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_run(path: str, algo: str, args) -> dict:
+    """--resume PATH: the checkpoint of a run that saved its training state (`<run dir>/<exp_name>.pt`),
+    checked as `load_checkpoint` does. Sets `args` to the saved run's flags, except those of RESUME_MAY_CHANGE
+    that were passed (a field left at its default takes the saved value; another flag that differs is an error,
+    since the run would silently change). Returns the checkpoint; the caller restores its `training` entry."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume {path!r} does not exist; pass the saved model of the run: runs/<run>/<exp_name>.pt")
+    ckpt = load_checkpoint(path, algo, env_id=None)  # a different --env-id is refused below, with the flags
+    if "training" not in ckpt:
+        raise ValueError(
+            f"{path} holds a model but no training state (a version of {algo}.py from before --resume saved it); "
+            "it can be evaluated with --checkpoint, not resumed"
+        )
+    default = type(args)()
+    changed = []
+    for f in dataclasses.fields(args):
+        if f.name in ("resume", "checkpoint") or f.name in RUNTIME_FIELDS or f.name not in ckpt["args"]:
+            continue
+        value, stored = getattr(args, f.name), ckpt["args"][f.name]
+        if isinstance(stored, list):
+            stored = tuple(stored)
+        if value == getattr(default, f.name) or value == stored:
+            setattr(args, f.name, stored)
+        elif f.name not in RESUME_MAY_CHANGE:
+            changed.append(f"{flag(f.name)} {value} (the run's: {stored})")
+    if changed:
+        raise ValueError(
+            f"--resume continues the run with its own flags, but these differ: {'; '.join(changed)}. Drop them "
+            f"(only {', '.join(flag(n) for n in RESUME_MAY_CHANGE)} may change), or start a new run"
+        )
+    done = ckpt["training"]["global_step"]
+    if done >= args.total_timesteps:
+        raise ValueError(
+            f"the run at {path} has already trained {done:,} of its --total-timesteps {args.total_timesteps:,}; "
+            "pass a larger --total-timesteps to train it further"
+        )
+    return ckpt
 
 
 # ------------------------------------------------------------------------------------ video

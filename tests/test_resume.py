@@ -1,0 +1,106 @@
+"""--resume: a run that was stopped (Ctrl-C, SIGTERM, a crash, the end of a session) continues from its
+last save with its own flags, weights, optimizer states and random generators, in its own folder.
+
+The check that matters: on a game whose episodes do not depend on the env's seed (the matrix games and
+the product game: one step, a constant observation), a run killed after its last save and resumed
+ends with exactly the weights, and logs exactly the curves, of the same run left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import signal
+
+import pytest
+import torch
+
+from benchmark.plot import read_scalars
+from envs import experiment
+
+# per file: a few iterations of 64-200 env steps on a game whose episodes ignore the env's seed
+RUNS = {
+    "mappo": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2),
+}
+ITERATIONS = 4  # the runs below: 4 iterations, an evaluation (and a save) after each
+
+
+def args_of(algo: str, **overrides):
+    module = importlib.import_module(algo)
+    values = dict(seed=1, eval_episodes=2, **RUNS[algo], **overrides)
+    one = values.get("num_envs", 1) * values.get("num_steps", 1)
+    return module, module.Args(total_timesteps=ITERATIONS * one, eval_interval=one, **values)
+
+
+def weights(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    return tmp_path
+
+
+@pytest.mark.parametrize("algo", list(RUNS))
+def test_a_killed_run_resumed_ends_as_the_run_left_alone(algo, in_tmp_dir, monkeypatch):
+    module, args = args_of(algo)
+    alone = module.train(dataclasses.replace(args))
+
+    # the same run, killed after its 3rd iteration had been logged but before it was saved: only the
+    # saves after the first two iterations reach the disk
+    saves, real_save = [], experiment.save_checkpoint
+    monkeypatch.setattr(experiment, "save_checkpoint", lambda path, payload: saves.append(path) or (
+        real_save(path, payload) if len(saves) <= 2 else path))  # fmt: skip
+    killed = module.train(dataclasses.replace(args, exp_name=f"{algo}-killed"))
+    monkeypatch.setattr(experiment, "save_checkpoint", real_save)
+    saved = torch.load(killed["model_path"], weights_only=False)["training"]
+    assert saved["global_step"] == alone["global_step"] // 2
+
+    _, fresh = args_of(algo)  # what a user types: --resume and nothing else
+    resumed = module.train(dataclasses.replace(fresh, resume=killed["model_path"]))
+    assert resumed["run_dir"] == killed["run_dir"] and resumed["global_step"] == alone["global_step"]
+    for name, tensor in weights(alone["model_path"]).items():
+        torch.testing.assert_close(weights(resumed["model_path"])[name], tensor, rtol=0, atol=0, msg=name)
+    # the curves: each step once (what the killed run logged after its last save is dropped), as the run alone
+    for tag in ("losses/value_loss", "eval/episodic_return"):
+        assert read_scalars(resumed["run_dir"], tag) == read_scalars(alone["run_dir"], tag), tag
+
+
+def test_resume_keeps_the_runs_flags_and_refuses_a_changed_one(in_tmp_dir):
+    module, args = args_of("mappo")
+    first = module.train(args)
+    with pytest.raises(ValueError, match=r"--gamma 0.9 \(the run's: 0.99\).*start a new run"):
+        module.train(dataclasses.replace(args_of("mappo")[1], resume=first["model_path"], gamma=0.9))
+    with pytest.raises(ValueError, match="already trained 800 of its --total-timesteps 800; pass a larger"):
+        module.train(dataclasses.replace(args_of("mappo")[1], resume=first["model_path"]))
+    with pytest.raises(ValueError, match=r"--env-id matrix-penalty \(the run's: matrix-climbing\)"):
+        module.train(module.Args(env_id="matrix-penalty", resume=first["model_path"], total_timesteps=10**4))
+    longer = module.train(module.Args(resume=first["model_path"], total_timesteps=1200))  # a larger budget
+    assert longer["run_dir"] == first["run_dir"] and longer["global_step"] == 1200
+
+
+def test_resume_refuses_a_model_without_training_state_and_another_files_model(in_tmp_dir):
+    module, args = args_of("mappo")
+    path = module.train(args)["model_path"]
+    ckpt = torch.load(path, weights_only=False)
+    old = experiment.save_checkpoint(str(in_tmp_dir / "old.pt"), {k: v for k, v in ckpt.items() if k != "training"})
+    with pytest.raises(ValueError, match="no training state.*evaluated with --checkpoint, not resumed"):
+        module.train(module.Args(resume=old))
+    other = experiment.save_checkpoint(str(in_tmp_dir / "other.pt"), {**ckpt, "algo": "ippo"})
+    with pytest.raises(ValueError, match="saved by ippo.py"):
+        module.train(module.Args(resume=other))
+    with pytest.raises(ValueError, match="does not exist"):
+        module.train(module.Args(resume=str(in_tmp_dir / "missing.pt")))
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(in_tmp_dir):
+    training = experiment.Training(str(in_tmp_dir), 100)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert training.interrupted
+    finally:
+        training.close()
+    assert signal.getsignal(signal.SIGTERM) is not training._on_sigterm
