@@ -14,7 +14,10 @@ OUT_DIR/runs/ and its console output in OUT_DIR/runs/logs/. A run that fails or 
 again, up to `--retries` times, without touching the others; the sweep ends with a table (run, status,
 wall time, final greedy evaluation, run dir). A finished run leaves `sweep.json` in its run folder, so
 rerunning the same sweep skips it (`--force` runs it again); a failed attempt's folder is moved to
-OUT_DIR/runs/failed/, out of the way of `benchmark/plot.py`.
+OUT_DIR/runs/failed/, out of the way of `benchmark/plot.py`. A run started again (a retry, or the same
+sweep started again after it was stopped) continues from its last save with `--resume` where an earlier
+attempt saved its training state (every evaluation saves it), in the earlier attempt's folder; not with
+`--collect`, whose attempts' folders live on their nodes.
 
 `--experiment param-sharing` gives exactly the commands behind docs/param-sharing.md's table
 and figures (with their budgets); `smax-mat-table`, `smax-hard`, `mamujoco-harl` and `mpe-spread-harl`
@@ -224,6 +227,44 @@ def final_eval(run_dir: str | None) -> dict[str, float | None]:
     return last
 
 
+def log_name(cmd: list[str]) -> str:
+    """The file name of a command's console output in runs/logs/: the whole command, so unique."""
+    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])
+    if len(name) > 200:  # too long for a file name: cut, and told apart by a hash of the whole
+        name = f"{name[:190]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{name}.log"
+
+
+def earlier_attempt(work_dir: str, log_path: str) -> str | None:
+    """The checkpoint to `--resume` from, where an earlier attempt of this command (killed, failed, or its sweep
+    stopped) saved its training state: its log names its run folder. An unfinished folder that cannot be resumed
+    goes to runs/failed/ (out of benchmark/plot.py's way); a resumable one comes back from there to runs/."""
+    if not os.path.isfile(log_path):
+        return None
+    with open(log_path) as f:
+        folders = [line.split()[2] for line in f if line.startswith("logging to ")]
+    if not folders:
+        return None
+    name = os.path.basename(folders[-1])
+    runs, failed = os.path.join(work_dir, "runs"), os.path.join(work_dir, "runs", "failed")
+    folder = next((d for d in (os.path.join(runs, name), os.path.join(failed, name)) if os.path.isdir(d)), None)
+    if folder is None or os.path.isfile(os.path.join(folder, "sweep.json")):
+        return None  # gone, or finished (and started again with --force)
+    checkpoint = os.path.join(folder, f"{name.split('__')[1]}.pt")  # runs/<env>__<exp_name>__<seed>__<time>
+    try:
+        import torch
+
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        resumable = saved["training"]["global_step"] < saved["args"]["total_timesteps"]
+    except Exception:  # no save, a model without training state, or a run that only missed its final evaluation
+        resumable = False
+    target = os.path.join(runs if resumable else failed, name)
+    if folder != target:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(folder, target)
+    return os.path.join("runs", name, os.path.basename(checkpoint)) if resumable else None
+
+
 def execute(cmd: list[str], out_dir: str, env: dict[str, str], code_root: str | None = None, attempt: int = 1,
             collect: bool = False) -> dict:  # fmt: skip
     """Runs one command (a Ray task, or a plain call) as a subprocess started in `out_dir`, its output in
@@ -241,13 +282,14 @@ def execute(cmd: list[str], out_dir: str, env: dict[str, str], code_root: str | 
         )
     logs = os.path.join(work_dir, "runs", "logs")
     os.makedirs(logs, exist_ok=True)
-    name = "_".join(p.strip("-").replace("/", "_") for p in cmd[1:])  # the whole command: unique
-    if len(name) > 200:  # too long for a file name: cut, and told apart by a hash of the whole
-        name = f"{name[:190]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    log_path = os.path.join(logs, f"{name}.log")
+    log_path = os.path.join(logs, log_name(cmd))
+    resume = None if collect else earlier_attempt(work_dir, log_path)
     full = [sys.executable, os.path.join(code_root, cmd[1]), *cmd[2:]]  # this node's interpreter and copy
-    with open(log_path, "a" if attempt > 1 else "w") as log:
+    if resume:
+        full += ["--resume", resume]
+    with open(log_path, "a" if attempt > 1 or resume else "w") as log:
         log.write(f"# {key(cmd)}\n# {machine()}\n" + (f"# attempt {attempt}\n" if attempt > 1 else ""))
+        log.write(f"# resumed from {resume}\n" if resume else "")
         log.flush()  # before the run's own output
         start = time.time()
         proc = subprocess.Popen(full, cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})

@@ -143,6 +143,35 @@ def test_a_killed_run_is_started_again_and_its_folder_comes_back(local_ray, tmp_
     assert "# attempt 2" in (tmp_path / row["log"]).read_text()
 
 
+def test_a_run_started_again_resumes_from_its_last_save_and_sets_aside_a_folder_without_one(tmp_path, monkeypatch):
+    import mappo
+    from benchmark.plot import read_scalars
+    from envs import experiment
+
+    flags = dict(env_id="matrix-climbing", seed=1, total_timesteps=800, num_envs=8, num_steps=25, update_epochs=1,
+                 eval_interval=200, eval_episodes=1)  # fmt: skip
+    cmd = [sys.executable, "mappo.py", *[f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]]
+    os.makedirs(tmp_path / "runs" / "logs")
+    monkeypatch.chdir(tmp_path)
+    # an earlier attempt, stopped after 600 of its 800 steps; its last save was at 400
+    saves, real_save = [], experiment.save_checkpoint
+    monkeypatch.setattr(experiment, "save_checkpoint", lambda path, payload: saves.append(path) or (
+        real_save(path, payload) if len(saves) <= 2 else path))  # fmt: skip
+    earlier = mappo.train(mappo.Args(**flags))["run_dir"]
+    monkeypatch.setattr(experiment, "save_checkpoint", real_save)
+    log = tmp_path / "runs" / "logs" / run.log_name(cmd)
+    log.write_text(f"# attempt 1\nlogging to {earlier} (tensorboard --logdir runs)\n")
+    result = run.execute(cmd, str(tmp_path), {}, code_root=run.ROOT)
+    assert result["code"] == 0 and result["run_dir"] == earlier, log.read_text()
+    assert "# resumed from runs/" in log.read_text() and "# attempt 1" in log.read_text()  # appended, not replaced
+    assert [step for step, _ in read_scalars(str(tmp_path / earlier), "losses/value_loss")] == [200, 400, 600, 800]
+    # a run folder without a save (killed before its first evaluation): set aside, out of benchmark/plot.py's way
+    os.remove(tmp_path / earlier / "sweep.json")
+    os.remove(tmp_path / earlier / "mappo.pt")
+    assert run.earlier_attempt(str(tmp_path), str(log)) is None  # then execute starts the command over
+    assert os.path.isdir(tmp_path / "runs" / "failed" / os.path.basename(earlier))
+
+
 def test_each_run_log_starts_with_the_command_and_the_machine(tmp_path):
     (tmp_path / "hello.py").write_text("print(42)")
     result = run.execute([sys.executable, "hello.py", "--x"], str(tmp_path), {}, code_root=str(tmp_path))
