@@ -111,6 +111,8 @@ class Args:
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
     """path of a saved model to evaluate instead of training"""
+    resume: str | None = None
+    """path of a run's saved model (runs/<run>/<exp_name>.pt) to continue training that run (docs/usage.md)"""
     share_params: bool = False
     """one actor shared by all agents (with the one-hot agent id); off in HATRPO"""
 
@@ -563,6 +565,7 @@ def check_args(args, env_discrete: bool):
 
 # ------------------------------------------------------------------------------- training
 def train(args: Args) -> dict:
+    resumed = experiment.resume_run(args.resume, "hatrpo", args) if args.resume else None  # the run's own flags
     experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -592,7 +595,11 @@ def train(args: Args) -> dict:
         return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
                 "eval_return": eval_return, "eval_win_rate": eval_win}  # fmt: skip
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    progress = resumed["training"] if resumed else {"global_step": 0, "iteration": 0, "next_eval": args.eval_interval}
+    global_step, next_eval = progress["global_step"], progress["next_eval"]
+    # a resumed run's envs are seeded past the first run's, so that they do not replay its first episodes
+    options = envs.parse_options(args.env_options)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed + global_step, **options)
     check_args(args, env.discrete)
     initial_means(args.init_mean, env.n_agents)
     E, N, T = args.num_envs, env.n_agents, args.num_steps
@@ -603,12 +610,29 @@ def train(args: Args) -> dict:
             env.close()
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"{flag} must be between 1 and num_envs * num_steps = {args.batch_size}")
-    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
-    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    if resumed:  # the run's folder; its logs continue after the saved step
+        run_dir = os.path.dirname(args.resume)
+    else:
+        run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir, purge_step=global_step + 1 if resumed else 0)  # TensorBoard (+ W&B)
 
     agents = HAAgents(env, args).to(device)
     value_norm = ValueNorm(args.value_norm).to(device)
     critic_optim = torch.optim.Adam(agents.critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    # the actors' trust-region steps keep no state across iterations; the agent order's permutation is drawn
+    # from numpy's global generator (`rng` below)
+    if resumed:  # the saved weights, ValueNorm's statistics, the critic's optimizer and the random generators
+        agents.load_state_dict(resumed["model"])
+        value_norm.load_state_dict(resumed["value_norm"])
+        critic_optim.load_state_dict(progress["critic_optim"])
+        experiment.set_rng_state(progress["rng"])
+
+    def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
+        state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
+        state.update(critic_optim=critic_optim.state_dict())
+        model = {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
+                 "value_norm": value_norm.state_dict()}  # fmt: skip
+        return experiment.save_checkpoint(os.path.join(run_dir, f"{args.exp_name}.pt"), {**model, "training": state})
 
     # ------------------------------------------------------------------ rollout storage
     f32 = dict(device=device, dtype=torch.float32)
@@ -626,11 +650,11 @@ def train(args: Args) -> dict:
     reward_buf = torch.zeros((T, E, *per_agent), **f32)
     done_buf = torch.zeros((T, E, *per_agent), **f32)
 
-    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
-    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    start_step, start_time = global_step, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     batch = env.reset()
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             critic_optim.param_groups[0]["lr"] = frac * args.critic_learning_rate
@@ -729,7 +753,7 @@ def train(args: Args) -> dict:
                 v_losses.append(v_loss.item())
 
         # ------------------------------------------------------------------------ logging
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         mean_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("charts/learning_rate", critic_optim.param_groups[0]["lr"], global_step)
@@ -749,17 +773,15 @@ def train(args: Args) -> dict:
             video = experiment.video_path(run_dir, global_step) if args.capture_video else None
             eval_return, eval_win = evaluate(agents, args, device, video)
             experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+            if args.save_model:  # a crash or a kill loses at most the steps since this save (--resume)
+                save()
 
     env.close()
     training.close()
     # ----------------------------------------------------------- save, final evaluation, summary
     model_path = None
     if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
-        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
-            f"{run_dir}/{args.exp_name}.pt",
-            {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
-             "value_norm": value_norm.state_dict()},
-        )  # fmt: skip
+        model_path = save()
     eval_return, eval_win = float("nan"), float("nan")
     if not training.interrupted:
         video = experiment.video_path(run_dir, global_step) if args.capture_video else None

@@ -131,6 +131,8 @@ class Args:
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
     """path of a saved model to evaluate instead of training"""
+    resume: str | None = None
+    """path of a run's saved model (runs/<run>/<exp_name>.pt) to continue training that run (docs/usage.md)"""
 
     # Algorithm specific arguments
     dec: bool = False
@@ -565,6 +567,7 @@ def check_args(args: Args) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 def train(args: Args) -> dict:
+    resumed = experiment.resume_run(args.resume, "mat", args) if args.resume else None  # the run's own flags
     experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     check_args(args)
     random.seed(args.seed)
@@ -602,15 +605,37 @@ def train(args: Args) -> dict:
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
 
     # ---- env, model, optimiser
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    next_eval = args.eval_interval if args.eval_interval > 0 else None
+    progress = resumed["training"] if resumed else {"global_step": 0, "iteration": 0, "next_eval": next_eval}
+    global_step, next_eval = progress["global_step"], progress["next_eval"]
+    # a resumed run's envs are seeded past the first run's, so that they do not replay its first episodes
+    options = envs.parse_options(args.env_options)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed + global_step, **options)
     inputs = Inputs(env, args.add_agent_id, device)
     N, E, T = env.n_agents, args.num_envs, args.num_steps
-    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
-    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    if resumed:  # the run's folder; its logs continue after the saved step
+        run_dir = os.path.dirname(args.resume)
+    else:
+        run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir, purge_step=global_step + 1 if resumed else 0)  # TensorBoard (+ W&B)
     model = MultiAgentTransformer(inputs.in_dim, N, env.discrete, inputs.act_size, args).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=1e-5)
     value_norm = ValueNorm().to(device)
     denormalize = value_norm.denormalize if args.value_norm else (lambda v: v)
+    # --shuffle-agent-order draws each rollout's order from numpy's global generator (`rng` below) before the
+    # rollout, so the order of the saved iteration is not needed
+    if resumed:  # the saved weights (MAT-Dec's actors included), ValueNorm's statistics, optimizer, random generators
+        model.load_state_dict(resumed["model"])
+        value_norm.load_state_dict(resumed["value_norm"])
+        optimizer.load_state_dict(progress["optimizer"])
+        experiment.set_rng_state(progress["rng"])
+
+    def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
+        state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
+        state.update(optimizer=optimizer.state_dict())
+        saved = {"algo": "mat", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": model.state_dict(),
+                 "value_norm": value_norm.state_dict()}  # fmt: skip
+        return experiment.save_checkpoint(os.path.join(run_dir, f"{args.exp_name}.pt"), {**saved, "training": state})
 
     # ---- rollout storage (in sequence order)
     obs_buf = torch.zeros(T, E, N, inputs.in_dim, device=device)
@@ -626,14 +651,13 @@ def train(args: Args) -> dict:
     term_buf = torch.zeros(T, E, dtype=torch.bool, device=device)
     trunc_buf = torch.zeros(T, E, dtype=torch.bool, device=device)
 
-    global_step, start_time = 0, time.time()
-    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    start_step, start_time = global_step, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
     recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
-    next_eval = args.eval_interval if args.eval_interval > 0 else None
     result = {"eval_return": float("nan"), "eval_win_rate": float("nan")}
     batch = env.reset()
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -737,7 +761,7 @@ def train(args: Args) -> dict:
                     clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
 
         # ---- logging
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -756,19 +780,15 @@ def train(args: Args) -> dict:
             experiment.log_eval(writer, global_step, result["eval_return"], result["eval_win_rate"], args.eval_episodes)
             while next_eval <= global_step:
                 next_eval += args.eval_interval
+            if args.save_model:  # a crash or a kill loses at most the steps since this save (--resume)
+                save()
 
     env.close()
     training.close()
     # ---- save, final evaluation, summary
     model_path = None
     if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
-        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
-            f"{run_dir}/{args.exp_name}.pt",
-            {
-                "algo": "mat", "env_id": args.env_id, "args": dataclasses.asdict(args),
-                "model": model.state_dict(), "value_norm": value_norm.state_dict(),
-            },
-        )  # fmt: skip
+        model_path = save()
     result = {"eval_return": float("nan"), "eval_win_rate": float("nan")}
     if not training.interrupted:
         model.eval()

@@ -22,12 +22,17 @@ from envs import experiment
 # per file: a few iterations of 64-200 env steps on a game whose episodes ignore the env's seed
 RUNS = {
     "mappo": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2),
+    "happo": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2, critic_epochs=2),
+    "hatrpo": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, critic_epochs=2),
+    # MAT with a new agent order drawn for every rollout; MAT-Dec (mat.py --dec): per-agent actors, no order
+    "mat": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2, shuffle_agent_order=True),
+    "mat-dec": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2, dec=True),
 }
 ITERATIONS = 4  # the runs below: 4 iterations, an evaluation (and a save) after each
 
 
 def args_of(algo: str, **overrides):
-    module = importlib.import_module(algo)
+    module = importlib.import_module(algo.split("-")[0])  # "mat-dec": mat.py with the RUNS entry's flags
     values = dict(seed=1, eval_episodes=2, **RUNS[algo], **overrides)
     one = values.get("num_envs", 1) * values.get("num_steps", 1)
     return module, module.Args(total_timesteps=ITERATIONS * one, eval_interval=one, **values)
