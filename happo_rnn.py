@@ -122,6 +122,8 @@ class Args:
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
     """path of a saved model to evaluate instead of training"""
+    resume: str | None = None
+    """path of a run's saved model (runs/<run>/<exp_name>.pt) to continue training that run (docs/usage.md)"""
     share_params: bool = False
     """one actor shared by all agents (with the one-hot agent id); off in HAPPO"""
 
@@ -612,6 +614,7 @@ def check_chunks(args):
 
 # ------------------------------------------------------------------------------- training
 def train(args: Args) -> dict:
+    resumed = experiment.resume_run(args.resume, "happo_rnn", args) if args.resume else None  # the run's own flags
     experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -642,7 +645,11 @@ def train(args: Args) -> dict:
         return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0, "episodic_return": float("nan"),
                 "eval_return": eval_return, "eval_win_rate": eval_win}  # fmt: skip
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    progress = resumed["training"] if resumed else {"global_step": 0, "iteration": 0, "next_eval": args.eval_interval}
+    global_step, next_eval = progress["global_step"], progress["next_eval"]
+    # a resumed run's envs are seeded past the first run's, so that they do not replay its first episodes
+    options = envs.parse_options(args.env_options)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed + global_step, **options)
     check_args(args, env.discrete)
     initial_means(args.init_mean, env.n_agents)
     E, N, T = args.num_envs, env.n_agents, args.num_steps
@@ -650,13 +657,41 @@ def train(args: Args) -> dict:
     num_chunks = args.batch_size // args.chunk_length
     args.minibatch_size = num_chunks // args.num_minibatches
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
-    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    if progress["iteration"] >= args.num_iterations:  # --resume: whole iterations only (the budget rounds down)
+        env.close()
+        raise ValueError(
+            f"the run at {args.resume} has already trained its {args.num_iterations} iterations of "
+            f"{args.batch_size:,} steps; pass a --total-timesteps of at least {global_step + args.batch_size:,}"
+        )
+    if resumed:  # the run's folder; its logs continue after the saved step
+        run_dir = os.path.dirname(args.resume)
+    else:
+        run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir, purge_step=global_step + 1 if resumed else 0)  # TensorBoard (+ W&B)
 
     agents = HAAgents(env, args).to(device)
     value_norm = ValueNorm(args.value_norm).to(device)
     actor_optims = [torch.optim.Adam(a.parameters(), lr=args.learning_rate, eps=1e-5) for a in agents.actors]
     critic_optim = torch.optim.Adam(agents.critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    # the latest episodes' returns, lengths and wins: their means are logged, so a resumed run continues them
+    recent = recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
+    if resumed:  # the saved weights, value normaliser, optimizers, episode stats and random generators
+        agents.load_state_dict(resumed["model"])
+        value_norm.load_state_dict(resumed["value_norm"])
+        for opt, saved in zip(actor_optims, progress["actor_optims"], strict=True):  # one per actor
+            opt.load_state_dict(saved)
+        critic_optim.load_state_dict(progress["critic_optim"])
+        for d, saved in zip(recent, progress["recent"], strict=True):
+            d.extend(saved)
+        experiment.set_rng_state(progress["rng"])
+
+    def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
+        state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
+        state.update(actor_optims=[opt.state_dict() for opt in actor_optims], critic_optim=critic_optim.state_dict())
+        state.update(recent=[list(d) for d in recent])
+        model = dict(algo=algo, env_id=args.env_id, args=dataclasses.asdict(args), model=agents.state_dict())
+        model.update(value_norm=value_norm.state_dict())
+        return experiment.save_checkpoint(f"{run_dir}/{args.exp_name}.pt", {**model, "training": state})
 
     # ------------------------------------------------------------------ rollout storage
     f32 = dict(device=device, dtype=torch.float32)
@@ -679,13 +714,13 @@ def train(args: Args) -> dict:
     critic_h_buf = torch.zeros((T, E, *per_agent, H), **f32)
     starts_buf = torch.zeros((T, E), **f32)  # 1 at the first step of an episode (reset the hidden states)
 
-    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
-    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
-    recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
+    start_step, start_time = global_step, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
     batch = env.reset()
+    # 0 after a --resume too: the envs start new episodes
     actor_h, critic_h = torch.zeros((E, N, H), **f32), agents.critic_hidden(E, device)
     start = torch.ones(E, **f32)
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             for opt in actor_optims:
@@ -798,7 +833,7 @@ def train(args: Args) -> dict:
                 v_losses.append(v_loss.item())
 
         # ------------------------------------------------------------------------ logging
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         mean_return = float(np.mean(recent_returns)) if recent_returns else float("nan")
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("charts/learning_rate", actor_optims[0].param_groups[0]["lr"], global_step)
@@ -818,17 +853,15 @@ def train(args: Args) -> dict:
             video = experiment.video_path(run_dir, global_step) if args.capture_video else None
             eval_return, eval_win = evaluate(agents, args, device, video)
             experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+            if args.save_model:  # a crash or a kill loses at most the steps since this save (--resume)
+                save()
 
     env.close()
     training.close()
     # ----------------------------------------------------------- save, final evaluation, summary
     model_path = None
     if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
-        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
-            f"{run_dir}/{args.exp_name}.pt",
-            {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
-             "value_norm": value_norm.state_dict()},
-        )  # fmt: skip
+        model_path = save()
     eval_return, eval_win = float("nan"), float("nan")
     if not training.interrupted:
         video = experiment.video_path(run_dir, global_step) if args.capture_video else None

@@ -27,6 +27,13 @@ RUNS = {
     # MAT with a new agent order drawn for every rollout; MAT-Dec (mat.py --dec): per-agent actors, no order
     "mat": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2, shuffle_agent_order=True),
     "mat-dec": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2, dec=True),
+    # the recurrent files: --num-steps a multiple of --chunk-length (10), or no chunks (A2C)
+    "mappo_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=10, update_epochs=2),
+    "ippo_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=10, update_epochs=2),
+    "happo_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=10, update_epochs=2, critic_epochs=2),
+    "hatrpo_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=10, critic_epochs=2),
+    "ia2c_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
+    "maa2c_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
 }
 ITERATIONS = 4  # the runs below: 4 iterations, an evaluation (and a save) after each
 
