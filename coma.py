@@ -134,6 +134,8 @@ class Args:
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
     """path of a saved model to evaluate instead of training"""
+    resume: str | None = None
+    """path of a run's saved model (runs/<run>/<exp_name>.pt) to continue training that run (docs/usage.md)"""
     share_params: bool = True
     """one actor shared by all agents (with the one-hot agent id); else one actor per agent"""
 
@@ -374,6 +376,7 @@ def check_args(args: Args, env) -> None:
 
 # ---------------------------------------------------------------------------------------- train
 def train(args: Args) -> dict:
+    resumed = experiment.resume_run(args.resume, "coma", args) if args.resume else None  # the run's own flags
     experiment.check_args(args, args.num_envs * args.num_steps)  # budget, learning rates, --cuda
     device = experiment.device(args.cuda)
     if args.checkpoint:
@@ -391,7 +394,11 @@ def train(args: Args) -> dict:
         return {"run_dir": run_dir, "model_path": args.checkpoint, "global_step": 0,
                 "episodic_return": float("nan"), "eval_return": ret, "eval_win_rate": win}  # fmt: skip
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    progress = resumed["training"] if resumed else {"global_step": 0, "iteration": 0, "next_eval": args.eval_interval}
+    global_step, next_eval = progress["global_step"], progress["next_eval"]
+    # a resumed run's envs are seeded past the first run's, so that they do not replay its first episodes
+    options = envs.parse_options(args.env_options)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed + global_step, **options)
     try:
         check_args(args, env)
     except ValueError:
@@ -399,8 +406,11 @@ def train(args: Args) -> dict:
         raise
     args.batch_size = args.num_envs * args.num_steps
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
-    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    if resumed:  # the run's folder; its logs continue after the saved step
+        run_dir = os.path.dirname(args.resume)
+    else:
+        run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir, purge_step=global_step + 1 if resumed else 0)  # TensorBoard (+ W&B)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -415,6 +425,24 @@ def train(args: Args) -> dict:
     target_critic.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    n_critic_updates = 0  # counts to the hard target updates
+    if resumed:  # the saved weights, the target critic and its update count, optimizers and random generators
+        actor.load_state_dict(resumed["model"]["actor"])
+        critic.load_state_dict(resumed["model"]["critic"])
+        target_critic.load_state_dict(progress["target_critic"])
+        n_critic_updates = progress["n_critic_updates"]
+        actor_opt.load_state_dict(progress["actor_optimizer"])
+        critic_opt.load_state_dict(progress["critic_optimizer"])
+        experiment.set_rng_state(progress["rng"])
+
+    def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
+        state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
+        state.update(actor_optimizer=actor_opt.state_dict(), critic_optimizer=critic_opt.state_dict())
+        state.update(target_critic=target_critic.state_dict(), n_critic_updates=n_critic_updates)
+        model = {"algo": "coma", "env_id": args.env_id, "args": dataclasses.asdict(args),
+                 "obs_dims": list(env.obs_dims), "act_dims": list(env.act_dims),
+                 "model": {"actor": actor.state_dict(), "critic": critic.state_dict()}}  # fmt: skip
+        return experiment.save_checkpoint(os.path.join(run_dir, f"{args.exp_name}.pt"), {**model, "training": state})
 
     def qin(state, obs, actions, last):
         return critic_inputs(state, obs, F.one_hot(actions, A).float(), last if args.critic_last_action else None)
@@ -434,18 +462,19 @@ def train(args: Args) -> dict:
     next_act_b = torch.zeros_like(act_b)
 
     batch = env.reset()
+    # the GRU state and the last actions start at zero, after a resume too: every env starts a new episode
     h = actor.initial_state(E, device)
     last = torch.zeros(E, N, A, device=device)
-    global_step, n_critic_updates, next_eval = 0, 0, args.eval_interval
     recent_returns, recent_wins = deque(maxlen=20), deque(maxlen=20)
-    start_time = time.time()
-    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    start_step, start_time = global_step, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
 
     def sample(obs, last, h, avail, eps):
         logits, h = actor(obs, last, h)
         return torch.multinomial(masked_policy(logits, avail, eps).reshape(-1, A), 1).view(E, N), h
 
-    for iteration in range(1, args.num_iterations + 1):
+    iteration = progress["iteration"]  # as saved, if a larger --total-timesteps adds no whole iteration to a resume
+    for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         eps = linear_schedule(args.epsilon_start, args.epsilon_finish, args.epsilon_anneal_steps, global_step)
         h0 = h.clone()
         ended = {k: [] for k in ("return", "length", "win", *env.metric_names)}  # episodes ending now
@@ -535,7 +564,7 @@ def train(args: Args) -> dict:
         for name in set(env.metric_names) - {"win"}:  # the task's own metrics (traffic waiting time)
             if ended[name]:
                 writer.add_scalar(f"charts/{name}", np.mean(ended[name]), global_step)
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("charts/learning_rate", actor_opt.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/epsilon", eps, global_step)
@@ -556,18 +585,15 @@ def train(args: Args) -> dict:
                 actor, args.env_id, args.eval_episodes, args.seed + 10_000, device, video, args.env_options
             )
             experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+            if args.save_model:  # a crash or a kill loses at most the steps since this save (--resume)
+                save()
     env.close()
     training.close()
 
     # ---------------------------------------------------------------------- save, final evaluation, summary
     model_path = None
     if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
-        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
-            os.path.join(run_dir, f"{args.exp_name}.pt"),
-            {"algo": "coma", "env_id": args.env_id, "args": dataclasses.asdict(args),
-             "obs_dims": list(env.obs_dims), "act_dims": list(env.act_dims),
-             "model": {"actor": actor.state_dict(), "critic": critic.state_dict()}},
-        )  # fmt: skip
+        model_path = save()
     eval_return, eval_win = float("nan"), float("nan")
     if not training.interrupted:
         video = experiment.video_path(run_dir, global_step) if args.capture_video else None

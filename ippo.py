@@ -101,6 +101,8 @@ class Args:
     """env steps between greedy evaluations (0 = only at the end)"""
     checkpoint: str | None = None
     """path of a saved model to evaluate instead of training"""
+    resume: str | None = None
+    """path of a run's saved model (runs/<run>/<exp_name>.pt) to continue training that run (docs/usage.md)"""
     share_params: bool = True
     """if toggled, one actor and one critic for all agents (the agent's one-hot id is appended to the inputs)"""
 
@@ -434,6 +436,7 @@ def result(run_dir, model_path, global_step, episodic_return, eval_return, eval_
 
 
 def train(args: Args) -> dict:
+    resumed = experiment.resume_run(args.resume, "ippo", args) if args.resume else None  # the run's own flags
     experiment.resolve_rollout(args, ROLLOUT_DEFAULTS)  # unset rollout flags: by env family
     check_args(args)
     random.seed(args.seed)
@@ -457,17 +460,35 @@ def train(args: Args) -> dict:
         experiment.print_summary(run_dir, 0, eval_return, eval_win, args.eval_episodes, args.checkpoint)
         return result(run_dir, args.checkpoint, 0, float("nan"), eval_return, eval_win)
 
-    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed, **envs.parse_options(args.env_options))
+    progress = resumed["training"] if resumed else {"global_step": 0, "iteration": 0, "next_eval": args.eval_interval}
+    global_step, next_eval = progress["global_step"], progress["next_eval"]
+    # a resumed run's envs are seeded past the first run's, so that they do not replay its first episodes
+    options = envs.parse_options(args.env_options)
+    env = envs.make(args.env_id, num_envs=args.num_envs, seed=args.seed + global_step, **options)
     E, N, T = args.num_envs, env.n_agents, args.num_steps
     args.batch_size = E * T
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = max(1, -(-args.total_timesteps // args.batch_size))  # at least total_timesteps steps
-    run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
-    writer = experiment.make_writer(args, run_dir)  # TensorBoard (+ W&B with --track)
+    if resumed:  # the run's folder; its logs continue after the saved step
+        run_dir = os.path.dirname(args.resume)
+    else:
+        run_dir = experiment.make_run_dir(args.env_id, args.exp_name, args.seed)  # unique, even in the same second
+    writer = experiment.make_writer(args, run_dir, purge_step=global_step + 1 if resumed else 0)  # TensorBoard (+ W&B)
     agent = Agent(env, args).to(device)
     actor_params = [*agent.actors.parameters(), *agent.log_stds.parameters()]
     actor_optimizer = torch.optim.Adam(actor_params, lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(agent.critics.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    if resumed:  # the saved weights (ValueNorm's statistics included), optimizers and random generators
+        agent.load_state_dict(resumed["model"])
+        actor_optimizer.load_state_dict(progress["actor_optimizer"])
+        critic_optimizer.load_state_dict(progress["critic_optimizer"])
+        experiment.set_rng_state(progress["rng"])
+
+    def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
+        state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
+        state.update(actor_optimizer=actor_optimizer.state_dict(), critic_optimizer=critic_optimizer.state_dict())
+        model = {"algo": "ippo", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()}
+        return experiment.save_checkpoint(os.path.join(run_dir, f"{args.exp_name}.pt"), {**model, "training": state})
 
     # ---------------------------------------------------------------- rollout storage
     obs_buf = torch.zeros((T, E, N, env.obs_dim), device=device)
@@ -485,12 +506,12 @@ def train(args: Args) -> dict:
     def denorm(v: torch.Tensor) -> torch.Tensor:
         return agent.value_norm.denormalize(v) if args.value_norm else v
 
-    global_step, start_time, next_eval = 0, time.time(), args.eval_interval
-    training = experiment.Training(run_dir, args.num_iterations * args.batch_size)  # progress bar, Ctrl-C
+    start_step, start_time = global_step, time.time()
+    training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
     recent_returns = deque(maxlen=20)
     recent_wins = deque(maxlen=20)
     batch = env.reset()
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -587,7 +608,7 @@ def train(args: Args) -> dict:
                     clipfracs.append(masked_mean(((log_ratio.exp() - 1).abs() > args.clip_coef).float(), mask).item())
 
         # ------------------------------------------------------------ logging
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -603,16 +624,15 @@ def train(args: Args) -> dict:
             video = experiment.video_path(run_dir, global_step) if args.capture_video else None
             eval_return, eval_win = evaluate(agent, args, device, video)
             experiment.log_eval(writer, global_step, eval_return, eval_win, args.eval_episodes)
+            if args.save_model:  # a crash or a kill loses at most the steps since this save (--resume)
+                save()
 
     env.close()
     training.close()
     # ---------------------------------------------------------------- save, final evaluation, summary
     model_path = None
     if args.save_model:  # before the evaluation, so that an interrupted run keeps its model too
-        model_path = experiment.save_checkpoint(  # atomically: a temporary file, then a rename
-            os.path.join(run_dir, f"{args.exp_name}.pt"),
-            {"algo": "ippo", "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agent.state_dict()},
-        )
+        model_path = save()
     eval_return, eval_win = float("nan"), float("nan")
     if not training.interrupted:
         video = experiment.video_path(run_dir, global_step) if args.capture_video else None

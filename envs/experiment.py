@@ -330,11 +330,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume_run(path: str, algo: str, args) -> dict:
+def resume_run(path: str, algo: str, args, runtime_fields: tuple[str, ...] = RUNTIME_FIELDS) -> dict:
     """--resume PATH: the checkpoint of a run that saved its training state (`<run dir>/<exp_name>.pt`),
     checked as `load_checkpoint` does. Sets `args` to the saved run's flags, except those of RESUME_MAY_CHANGE
     that were passed (a field left at its default takes the saved value; another flag that differs is an error,
-    since the run would silently change). Returns the checkpoint; the caller restores its `training` entry."""
+    since the run would silently change). `runtime_fields`: as for check_args (maddpg's --batch-size is a flag).
+    Returns the checkpoint; the caller restores its `training` entry."""
     if not os.path.isfile(path):
         raise ValueError(f"--resume {path!r} does not exist; pass the saved model of the run: runs/<run>/<exp_name>.pt")
     ckpt = load_checkpoint(path, algo, env_id=None)  # a different --env-id is refused below, with the flags
@@ -346,7 +347,7 @@ def resume_run(path: str, algo: str, args) -> dict:
     default = type(args)()
     changed = []
     for f in dataclasses.fields(args):
-        if f.name in ("resume", "checkpoint") or f.name in RUNTIME_FIELDS or f.name not in ckpt["args"]:
+        if f.name in ("resume", "checkpoint") or f.name in runtime_fields or f.name not in ckpt["args"]:
             continue
         value, stored = getattr(args, f.name), ckpt["args"][f.name]
         if isinstance(stored, list):

@@ -13,6 +13,7 @@ import importlib
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,7 +35,20 @@ RUNS = {
     "hatrpo_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=10, critic_epochs=2),
     "ia2c_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
     "maa2c_rnn": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
-}
+    "ippo": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, update_epochs=2),
+    "ia2c": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
+    "maa2c": dict(env_id="matrix-climbing", num_envs=8, num_steps=25),
+    # hard target updates at the 3rd and 6th critic updates: before and after the save resumed from
+    "coma": dict(env_id="matrix-climbing", num_envs=8, num_steps=25, critic_updates=2, target_update_interval=3),
+    # no num_steps: an iteration is one step of the 8 envs (args_of counts 1); updates from the 2nd iteration on;
+    # a buffer of 32 rows (also when a resume asks for more steps), half full at the save resumed from; the twin
+    # critics and the reward statistics are state to restore too
+    "maddpg": dict(env_id="product-game", num_envs=8, learning_starts=8, batch_size=8, buffer_size=32,
+                   twin_critics=True, standardise_rewards=True),
+}  # fmt: skip
+# the loss curve compared, where it is not losses/value_loss; maddpg's none: it logs its losses at most once a
+# second of wall time, so that two runs left alone differ as well (its weights and its episodes are compared)
+LOSS_TAG = {"coma": "losses/critic_loss", "maddpg": None}
 ITERATIONS = 4  # the runs below: 4 iterations, an evaluation (and a save) after each
 
 
@@ -47,6 +61,25 @@ def args_of(algo: str, **overrides):
 
 def weights(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same(a, b, where: str) -> None:
+    """Bit-identical nested dicts / lists / tensors / arrays / numbers."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    else:
+        assert a == b, where
 
 
 @pytest.fixture
@@ -76,9 +109,29 @@ def test_a_killed_run_resumed_ends_as_the_run_left_alone(algo, in_tmp_dir, monke
     assert resumed["run_dir"] == killed["run_dir"] and resumed["global_step"] == alone["global_step"]
     for name, tensor in weights(alone["model_path"]).items():
         torch.testing.assert_close(weights(resumed["model_path"])[name], tensor, rtol=0, atol=0, msg=name)
+    # and the training state: optimizers, generators, counters, each file's own (target networks, replay buffer...)
+    training = [torch.load(run["model_path"], weights_only=False)["training"] for run in (resumed, alone)]
+    assert_same(*training, "training")
     # the curves: each step once (what the killed run logged after its last save is dropped), as the run alone
-    for tag in ("losses/value_loss", "eval/episodic_return"):
-        assert read_scalars(resumed["run_dir"], tag) == read_scalars(alone["run_dir"], tag), tag
+    for tag in (LOSS_TAG.get(algo, "losses/value_loss"), "charts/episodic_return", "eval/episodic_return"):
+        if tag is not None:
+            assert read_scalars(alone["run_dir"], tag), tag  # logged: the comparison is not of two empty curves
+            assert read_scalars(resumed["run_dir"], tag) == read_scalars(alone["run_dir"], tag), tag
+
+
+@pytest.mark.parametrize("algo", ["coma", "maddpg"])
+def test_a_resume_saves_the_state_it_loaded(algo, in_tmp_dir):
+    # state that a one-step game never reads (it bootstraps nothing), e.g. coma's target critic: a resume that
+    # adds no whole iteration (these files round the iterations down) saves exactly what it restored
+    module, args = args_of(algo)
+    first = module.train(args)
+    saved = torch.load(first["model_path"], weights_only=False)
+    again = module.train(module.Args(resume=first["model_path"], total_timesteps=first["global_step"] + 1))
+    assert again["model_path"] == first["model_path"] and again["global_step"] == first["global_step"]
+    resaved = torch.load(again["model_path"], weights_only=False)
+    for ckpt in (saved, resaved):  # the flags that differ; maddpg's --batch-size (a flag there) is the run's
+        del ckpt["args"]["total_timesteps"], ckpt["args"]["resume"]
+    assert_same(resaved, saved, "checkpoint")
 
 
 def test_resume_keeps_the_runs_flags_and_refuses_a_changed_one(in_tmp_dir):
@@ -116,3 +169,18 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(in_tmp_dir):
     finally:
         training.close()
     assert signal.getsignal(signal.SIGTERM) is not training._on_sigterm
+
+
+def test_maddpg_replay_buffer_state_wrapped_and_resized():
+    from maddpg import ReplayBuffer
+
+    full = ReplayBuffer(5, {"x": ()}, {}, seed=0)
+    full.add(x=np.arange(7.0))  # wrapped: rows [5, 6, 2, 3, 4], the next write at row 2
+    full.sample(3, "cpu")
+    same = ReplayBuffer(5, {"x": ()}, {}, seed=1)
+    same.load_state_dict(full.state_dict())
+    assert same.pos == 2 and same.size == 5 and np.array_equal(same.data["x"], full.data["x"])
+    assert np.array_equal(same.sample(4, "cpu")["x"], full.sample(4, "cpu")["x"])  # the sampler continues
+    larger = ReplayBuffer(8, {"x": ()}, {}, seed=1)  # a resume with a larger --total-timesteps: oldest first
+    larger.load_state_dict(full.state_dict())
+    assert larger.pos == 5 and larger.size == 5 and larger.data["x"].tolist() == [2, 3, 4, 5, 6, 0, 0, 0]
