@@ -149,7 +149,7 @@ def test_an_algorithm_file_refuses_a_truncated_checkpoint(tmp_path):
 COMMON = [
     "exp_name", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name", "wandb_entity", "env_id",
     "env_options", "total_timesteps", "capture_video", "save_model", "eval_episodes", "eval_interval",
-    "checkpoint", "torch_threads",
+    "checkpoint", "resume", "torch_threads",
 ]  # fmt: skip
 # one gradient step per rollout (A2C, COMA) or per few transitions (MADDPG): 8 envs on batched envs too
 FIXED_ENVS = ("ia2c", "maa2c", "coma", "maddpg", "ia2c_rnn", "maa2c_rnn")

@@ -19,6 +19,7 @@ import torch
 
 from benchmark.plot import read_scalars
 from envs import experiment
+from tests.conftest import ALGOS
 
 # per file: a few iterations of 64-200 env steps on a game whose episodes ignore the env's seed
 RUNS = {
@@ -184,3 +185,7 @@ def test_maddpg_replay_buffer_state_wrapped_and_resized():
     larger = ReplayBuffer(8, {"x": ()}, {}, seed=1)  # a resume with a larger --total-timesteps: oldest first
     larger.load_state_dict(full.state_dict())
     assert larger.pos == 5 and larger.size == 5 and larger.data["x"].tolist() == [2, 3, 4, 5, 6, 0, 0, 0]
+
+
+def test_every_file_can_resume():
+    assert {a.split("-")[0] for a in RUNS} == set(ALGOS), f"no --resume test for {sorted(set(ALGOS) - set(RUNS))}"
