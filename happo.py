@@ -93,7 +93,7 @@ class Args:
     capture_video: bool = False
     """if toggled, save an MP4 of the first episode of each evaluation to <run dir>/videos (MA-MuJoCo and MPE only)"""
     save_model: bool = True
-    """if toggled, save the model and its training state to <run dir>/<exp_name>.pt (each evaluation, the end, Ctrl-C)"""
+    """if toggled, save the model and its training state to <run dir>/<exp_name>.pt (each eval, the end, Ctrl-C)"""
     eval_episodes: int = 20
     """the number of episodes of each greedy evaluation"""
     eval_interval: int = 100_000
