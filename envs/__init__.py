@@ -56,7 +56,7 @@ FAMILIES = {
 }
 # family -> its backend whose `make` steps the whole batch in one jitted call, so that 128 envs cost
 # little more than 8: the algorithm files default to many envs there (see `batched`)
-BATCHED_BACKENDS = {"smax": "jax", "mpe": "jax"}
+BATCHED_BACKENDS = {"smax": "jax", "mpe": "jax", "lbf": "jax"}
 
 # family -> its simulator backends, the default first; where there are several, the option
 # `backend=...` of envs.make (`--env-options backend=...` in the algorithm files) picks one
@@ -93,8 +93,8 @@ def family(env_id: str) -> str:
 
 def batched(env_id: str, options: dict[str, Any] | None = None) -> bool:
     """True where one jitted call steps the whole batch of `env_id` made with these `options` (SMAX; the
-    particle worlds on their default jax backend, not with `backend="mpe2"`), so that the algorithm files
-    default to many envs there (their `ROLLOUT_DEFAULTS["batched"]`, applied by
+    particle worlds on their default jax backend, not with `backend="mpe2"`; LBF with `backend="jax"`), so
+    that the algorithm files default to many envs there (their `ROLLOUT_DEFAULTS["batched"]`, applied by
     `envs.experiment.resolve_rollout`). A family opts in with its jitted backend in `BATCHED_BACKENDS`."""
     name = family(env_id)
     backend = (options or {}).get("backend", BACKENDS[name][0])

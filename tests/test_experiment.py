@@ -202,6 +202,7 @@ def test_batched_envs_are_the_jitted_backends():
     assert envs.batched("smax-3m") and envs.batched("smax-5m_vs_6m")
     assert envs.batched("mpe-spread") and envs.batched("mpe-spread", {"backend": "jax"})
     assert not envs.batched("mpe-spread", {"backend": "mpe2"})  # PettingZoo's python worlds: one env at a time
+    assert envs.batched("lbf-8x8-2p-3f", {"backend": "jax"})  # LBF's jitted backend, not its default
     assert not any(envs.batched(i) for i in ("ant-2x4", "matrix-climbing", "lbf-8x8-2p-3f", "tsc-2x2"))
     with pytest.raises(ValueError, match="unknown env id 'smax-4m'. Valid ids: .*smax-3m"):
         envs.batched("smax-4m")
