@@ -187,13 +187,16 @@ def test_contract_and_the_same_sizes_as_rware(env_id):
         a, b = fast.reset(), ref.reset()
         assert {k: (v.shape[1:], v.dtype) for k, v in a.items()} == {k: (v.shape[1:], v.dtype) for k, v in b.items()}
         assert a["avail"].all()  # no masks, as rware
-        rollout(fast, steps=505)  # through the 500-step truncation and its auto-reset
+        rollout(fast, steps=20)  # the truncation: below
 
 
 def test_seeding_gives_same_trajectories_and_truncates_after_500_steps():
     assert_same_trajectories(lambda: jax_env("rware-tiny-4ag", seed=3), steps=30)
     with jax_env("rware-tiny-2ag") as env:
-        before, (batch, reward, terminated, truncated, info) = run_until_done(env, 510)
+        rng, batch = np.random.default_rng(0), env.reset()
+        for t in range(500):  # random steps to the end of the episode
+            before, (batch, reward, terminated, truncated, info) = batch, env.step(rng.integers(0, 5, (E, 2)))
+            assert not (terminated | truncated).any() or t == 499
         assert truncated.all() and not terminated.any()
         np.testing.assert_array_equal(info["episode"]["length"], [500] * E)
         assert not np.array_equal(info["final_obs"], batch["obs"])  # the new episode's start differs
@@ -237,18 +240,148 @@ def crowd(env, rng) -> None:
 @pytest.mark.parametrize("env_id", envs.RWARE_IDS)
 def test_same_state_and_actions_give_the_same_step(env_id):
     """Along jax trajectories of E envs (random actions, mostly forward), each env's step is redone in
-    rware from the same state: 150 steps from the spawn, then 2 x 50 from crowded starts near the
+    rware from the same state: 100 steps from the spawn, then 2 x 40 from crowded starts near the
     goals (robots carrying requested shelves), the last 10 through the truncation."""
     rng = np.random.default_rng(0)
     raw, ties, delivered = reference(env_id), [], 0.0
     with jax_env(env_id) as env:
         env.reset()
-        for t in range(260):
-            if t in (150, 200):
+        for t in range(190):
+            if t in (100, 140):
                 crowd(env, rng)
-            if t == 250:  # to the episode's end
+            if t == 180:  # to the episode's end
                 env._state = env._state.replace(step_count=env._state.step_count * 0 + 495)
             actions = rng.choice(5, size=(E, env.n_agents), p=ACTION_P)
             delivered += step_and_check(env, raw, actions, ties=ties)[1].sum()
     assert delivered >= 2, delivered  # deliveries were compared
     assert len(ties) <= 2, ties  # rware's hash-ordered ties: rare
+
+
+# ---------------------------------------------- hand-built moves, loads and deliveries, by hand too
+# tiny: 11 rows x 10 columns; highways in columns 0, 3, 6, 9, rows 0, 9, 10 and columns 4-5 below row 0;
+# shelves in rows 1-8 of columns 1, 2, 7, 8; goals at row 10, columns 4 and 5
+def cells(env, e: int = 0) -> list:
+    s = env.c.jax.device_get(env._state)
+    return [(int(r), int(c)) for r, c in zip(s.agents.position.x[e], s.agents.position.y[e])]
+
+
+@pytest.mark.parametrize(
+    "env_id, start, actions, expected",
+    [
+        # two robots swapping cells: neither moves (a cycle of two)
+        ("rware-tiny-2ag", [(9, 4, RIGHTWARD), (9, 5, LEFTWARD)], [FORWARD, FORWARD], [(9, 4), (9, 5)]),
+        # a robot follows another into the cell it leaves
+        ("rware-tiny-2ag", [(9, 4, RIGHTWARD), (9, 5, RIGHTWARD)], [FORWARD, FORWARD], [(9, 5), (9, 6)]),
+        # two robots into one free cell: the first robot's (networkx's order of the graph's cells)
+        ("rware-tiny-2ag", [(9, 3, RIGHTWARD), (9, 5, LEFTWARD)], [FORWARD, FORWARD], [(9, 4), (9, 5)]),
+        ("rware-tiny-2ag", [(9, 5, LEFTWARD), (9, 3, RIGHTWARD)], [FORWARD, FORWARD], [(9, 4), (9, 3)]),
+        # ... unless the other has a longer chain behind it
+        ("rware-tiny-4ag", [(9, 3, RIGHTWARD), (9, 5, LEFTWARD), (9, 6, LEFTWARD), (0, 0, UP)],
+         [FORWARD, FORWARD, FORWARD, NOOP], [(9, 3), (9, 4), (9, 5), (0, 0)]),
+        # into a robot that stays: no move; into the wall: no move
+        ("rware-tiny-2ag", [(9, 4, RIGHTWARD), (9, 5, UP)], [FORWARD, LEFT], [(9, 4), (9, 5)]),
+        ("rware-tiny-2ag", [(0, 0, UP), (10, 9, RIGHTWARD)], [FORWARD, FORWARD], [(0, 0), (10, 9)]),
+        # four robots turning round a square all move (Jumanji would end the episode: a collision)
+        ("rware-tiny-4ag", [(9, 4, RIGHTWARD), (9, 5, DOWN), (10, 5, LEFTWARD), (10, 4, UP)],
+         [FORWARD] * 4, [(9, 5), (10, 5), (10, 4), (9, 4)]),
+        # an unloaded robot drives under shelves
+        ("rware-tiny-2ag", [(0, 1, DOWN), (9, 9, UP)], [FORWARD, FORWARD], [(1, 1), (8, 9)]),
+    ],
+)  # fmt: skip
+def test_moves_follow_rware(env_id, start, actions, expected):
+    raw = reference(env_id)
+    with jax_env(env_id) as env:
+        env.reset()
+        set_state(env, start)
+        step_both(env, raw, np.array(actions))
+        assert cells(env) == expected
+        step_both(env, raw, np.array([FORWARD] * len(start)))  # and one more step from there
+
+
+def test_loaded_robots_shelves_and_following():
+    raw = reference("rware-tiny-2ag")
+    with jax_env("rware-tiny-2ag") as env:
+        env.reset()
+        s1, s2 = shelf_at(env, 8, 7), shelf_at(env, 8, 8)
+        # a loaded robot facing a standing shelf does not move; the other, unloaded, drives under one
+        set_state(env, [(0, 1, DOWN), (0, 2, DOWN)], {0: s1})
+        step_both(env, raw, np.array([FORWARD, FORWARD]))
+        assert cells(env) == [(0, 1), (1, 2)]
+        # a loaded robot follows another loaded robot (Jumanji's mask forbids it: a shelf is there)
+        set_state(env, [(9, 1, RIGHTWARD), (9, 2, RIGHTWARD)], {0: s1, 1: s2})
+        step_both(env, raw, np.array([FORWARD, FORWARD]))
+        assert cells(env) == [(9, 2), (9, 3)]
+        assert (shelf_at(env, 9, 2), shelf_at(env, 9, 3)) == (s1, s2)  # the shelves moved with them
+        # ... but not into a loaded robot that stays
+        step_both(env, raw, np.array([FORWARD, NOOP]))
+        assert cells(env) == [(9, 2), (9, 3)]
+
+
+def test_load_noop_and_unload_follow_rware():
+    """Load under a shelf, no-op while loaded on a shelf cell (Jumanji drops the shelf there), no unload
+    on the highway, unload on a free shelf cell."""
+    raw = reference("rware-tiny-2ag")
+    with jax_env("rware-tiny-2ag") as env:
+        env.reset()
+        shelf = shelf_at(env, 1, 1)
+        set_state(env, [(1, 1, UP), (9, 9, UP)])
+        steps = [(TOGGLE_LOAD, (1, 1), 1), (NOOP, (1, 1), 1), (FORWARD, (0, 1), 1), (TOGGLE_LOAD, (0, 1), 1),
+                 (RIGHT, (0, 1), 1), (RIGHT, (0, 1), 1), (FORWARD, (1, 1), 1), (TOGGLE_LOAD, (1, 1), 0),
+                 (LEFT, (1, 1), 0), (LEFT, (1, 1), 0), (FORWARD, (0, 1), 0)]  # fmt: skip
+        for action, cell, carrying in steps:
+            step_both(env, raw, np.array([action, NOOP]))
+            s = env.c.jax.device_get(env._state)
+            assert (cells(env)[0], int(s.agents.is_carrying[0, 0])) == (cell, carrying), action
+        assert shelf_at(env, 1, 1) == shelf  # back where it was
+
+
+def test_delivery_rewards_the_delivering_robot_and_requests_another_shelf():
+    raw = reference("rware-tiny-2ag")
+    with jax_env("rware-tiny-2ag") as env:
+        env.reset()
+        s = env.c.jax.device_get(env._state)
+        queue = s.request_queue[0].tolist()
+        set_state(env, [(0, 0, UP), (9, 4, DOWN)], {1: queue[1]})
+        _, reward, _, _, info = step_both(env, raw, np.array([NOOP, FORWARD]))
+        np.testing.assert_array_equal(info["agent_rewards"][0], [0.0, 1.0])  # robot 1's own (Jumanji: shared)
+        assert reward[0] == 1.0 and cells(env)[1] == (10, 4)
+        new = env.c.jax.device_get(env._state).request_queue[0].tolist()
+        assert new[0] == queue[0] and new[1] not in queue  # a new request in the delivered one's slot
+        _, reward, _, _, info = step_both(env, raw, np.array([NOOP, NOOP]))  # delivered once only
+        assert reward[0] == 0.0
+
+
+# ------------------------------------------------------------------------------- the spawn
+@pytest.mark.parametrize("env_id", ["rware-tiny-4ag", "rware-small-4ag"])
+def test_spawn_draws_rwares_start_distribution(env_id):
+    n = 2000
+    with jax_env(env_id) as env:
+        jax = env.c.jax
+        s = jax.device_get(jax.jit(jax.vmap(env.c.spawn))(jax.random.split(jax.random.key(0), n)))
+    fast = (s.agents.position.x, s.agents.position.y, RWARE_DIRECTION[s.agents.direction],
+            s.shelves.position.x[np.arange(n)[:, None], s.request_queue],
+            s.shelves.position.y[np.arange(n)[:, None], s.request_queue])  # fmt: skip
+    highway = s.grid[0, 0] == 0  # no shelf stands there at the start
+    raw, ref = reference(env_id), ([], [], [], [], [])
+    for k in range(n):
+        raw.reset(seed=k)
+        for values, column in zip(ref, [[r.y for r in raw.agents], [r.x for r in raw.agents],
+                                        [r.dir.value for r in raw.agents], [q.y for q in raw.request_queue],
+                                        [q.x for q in raw.request_queue]]):  # fmt: skip
+            values.append(column)
+    ref = tuple(np.array(x) for x in ref)
+    for rows, cols, _, req_rows, req_cols in (fast, ref):
+        assert all(len(set(zip(r, c))) == len(r) for r, c in zip(rows, cols))  # distinct cells
+        assert all(len(set(zip(r, c))) == len(r) for r, c in zip(req_rows, req_cols))  # distinct requests
+        assert not highway[req_rows, req_cols].any()  # requests are shelves
+
+    def stats(rows, cols, dirs, req_rows, req_cols):
+        return {"robot row": rows, "robot col": cols, "robot on highway": highway[rows, cols],
+                "robot up": dirs == 0, "robot down": dirs == 1, "robot left": dirs == 2,
+                "request row": req_rows, "request col": req_cols}  # fmt: skip
+
+    a, b = stats(*fast), stats(*ref)
+    for name in a:
+        x, y = a[name].reshape(n, -1).mean(1), b[name].reshape(n, -1).mean(1)
+        se = np.sqrt(x.var() / n + y.var() / n)
+        assert abs(x.mean() - y.mean()) < 4 * se + 1e-9, (name, x.mean(), y.mean(), se)
