@@ -65,7 +65,8 @@ def set_state(env, robots: list, carried: dict | None = None, e: int = 0) -> Non
     s = jax.device_get(env._state)
     a, sh = s.agents, s.shelves
     rows, cols, dirs = a.position.x.copy(), a.position.y.copy(), a.direction.copy()
-    carrying = np.zeros_like(a.is_carrying)
+    carrying = a.is_carrying.copy()
+    carrying[e] = 0
     srows, scols = sh.position.x.copy(), sh.position.y.copy()
     for k, (row, col, d) in enumerate(robots):
         rows[e, k], cols[e, k], dirs[e, k] = row, col, d
