@@ -386,3 +386,20 @@ def test_spawn_draws_rwares_start_distribution(env_id):
         x, y = a[name].reshape(n, -1).mean(1), b[name].reshape(n, -1).mean(1)
         se = np.sqrt(x.var() / n + y.var() / n)
         assert abs(x.mean() - y.mean()) < 4 * se + 1e-9, (name, x.mean(), y.mean(), se)
+
+
+if __name__ == "__main__":  # how often rware's hash-ordered tie occurs: python tests/test_env_rware_jax.py ID STEPS
+    import sys
+
+    env_id, steps = sys.argv[1], int(sys.argv[2])
+    rng, raw, ties, found, delivered = np.random.default_rng(0), reference(sys.argv[1]), [], 0, 0.0
+    with jax_env(env_id) as env:
+        env.reset()
+        for _ in range(steps):
+            actions = rng.integers(0, 5, (E, env.n_agents))  # the random policy
+            before = env.c.jax.device_get(env._state)
+            for e in range(E):
+                copy_state(raw, before, e)
+                found += set_order_tie(raw, actions[e])
+            delivered += step_and_check(env, raw, actions, ties=ties)[1].sum()
+    print(f"{env_id}: {steps * E} steps, {delivered:.0f} deliveries, {found} with the tie, {len(ties)} differ")
