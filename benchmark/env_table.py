@@ -18,7 +18,7 @@ BACKEND = {
     "smax": "JaxMARL SMAX (jax.jit + vmap)",
     "mpe": "JaxMARL MPE (jax.jit + vmap); mpe2 with backend=mpe2",
     "lbf": "lbforaging; Jumanji's LBF (jax.jit + vmap) with backend=jax",
-    "rware": "rware",
+    "rware": "rware; Jumanji's RobotWarehouse (jax.jit + vmap) with backend=jax",
     "grf": "gfootball (built from source, optional)",
 }
 

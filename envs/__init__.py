@@ -68,7 +68,7 @@ BACKENDS = {
     "smac": ("smac",),
     "mpe": ("jax", "mpe2"),  # envs/mpe.py, docs/backend-mpe-jax.md
     "lbf": ("lbforaging", "jax"),  # envs/lbf.py, docs/backend-lbf-jax.md
-    "rware": ("rware",),
+    "rware": ("rware", "jax"),  # envs/rware.py, docs/backend-rware-jax.md
     "grf": ("gfootball",),
 }
 

@@ -114,8 +114,9 @@ def test_unknown_option_is_named():
 
 def test_backend_option_only_where_a_family_has_several():
     assert all(len(b) >= 1 for b in envs.BACKENDS.values()) and set(envs.FAMILIES) <= set(envs.BACKENDS)
-    with pytest.raises(ValueError, match=r"rware-tiny-2ag has one backend \(rware\).*mpe \(jax, mpe2\), lbf \(lbfo"):
-        envs.make("rware-tiny-2ag", backend="jax")
+    several = r"mpe \(jax, mpe2\), lbf \(lbforaging, jax\), rware \(rware, jax\)"
+    with pytest.raises(ValueError, match=r"tsc-2x2 has one backend \(sumo-rl\).*" + several):
+        envs.make("tsc-2x2", backend="jax")
     with pytest.raises(ValueError, match=r"matrix-climbing has one backend \(numpy\), got backend='jax'"):
         envs.make("matrix-climbing", backend="jax")
     with envs.make("matrix-climbing", backend="numpy") as env:  # naming the only backend is fine
