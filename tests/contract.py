@@ -20,6 +20,19 @@ def check_sizes(env: envs.MultiAgentVecEnv) -> None:
         assert (env.act_low < env.act_high).all()
 
 
+def assert_same_interface(fast: envs.MultiAgentVecEnv, ref: envs.MultiAgentVecEnv) -> dict:
+    """A second backend of a family against its reference: the same sizes, spaces and batch arrays.
+    Returns the second backend's first batch."""
+    for name in ("n_agents", "obs_dims", "obs_dim", "state_dim", "discrete", "n_actions", "act_dims",
+                 "episode_limit", "metric_names"):  # fmt: skip
+        assert getattr(fast, name) == getattr(ref, name), name
+    assert fast.observation_spaces == ref.observation_spaces
+    assert fast.action_spaces == ref.action_spaces
+    a, b = fast.reset(), ref.reset()
+    assert {k: (v.shape[1:], v.dtype) for k, v in a.items()} == {k: (v.shape[1:], v.dtype) for k, v in b.items()}
+    return a
+
+
 def check_batch(env: envs.MultiAgentVecEnv, batch: dict) -> None:
     E, N = env.num_envs, env.n_agents
     assert batch["obs"].shape == (E, N, env.obs_dim) and batch["obs"].dtype == np.float32

@@ -19,7 +19,7 @@ import pytest
 import envs
 import envs.lbf
 from envs import random_actions
-from tests.contract import assert_same_trajectories, rollout, run_until_done
+from tests.contract import assert_same_interface, assert_same_trajectories, rollout, run_until_done
 
 pytestmark = pytest.mark.skipif(
     find_spec("jumanji") is None or find_spec("lbforaging") is None, reason="needs jumanji and lbforaging"
@@ -114,13 +114,7 @@ def step_both(env, raw, actions: np.ndarray, e: int = 0):
 @pytest.mark.parametrize("env_id", envs.LBF_IDS)
 def test_contract_and_the_same_sizes_as_lbforaging(env_id):
     with jax_env(env_id) as fast, envs.make(env_id, num_envs=1) as ref:
-        for name in ("n_agents", "obs_dims", "obs_dim", "state_dim", "discrete", "n_actions", "act_dims",
-                     "episode_limit", "metric_names"):  # fmt: skip
-            assert getattr(fast, name) == getattr(ref, name), name
-        assert fast.observation_spaces == ref.observation_spaces
-        assert fast.action_spaces == ref.action_spaces
-        a, b = fast.reset(), ref.reset()
-        assert {k: (v.shape[1:], v.dtype) for k, v in a.items()} == {k: (v.shape[1:], v.dtype) for k, v in b.items()}
+        assert_same_interface(fast, ref)
         rollout(fast, steps=55)  # through the 50-step truncation and its auto-reset
 
 

@@ -19,7 +19,7 @@ import pytest
 import envs
 import envs.rware
 from envs.rware import FORWARD, LEFT, NOOP, RIGHT, RWARE_DIRECTION, TOGGLE_LOAD
-from tests.contract import assert_same_trajectories, rollout, run_until_done
+from tests.contract import assert_same_interface, assert_same_trajectories, rollout, run_until_done
 
 pytestmark = pytest.mark.skipif(
     find_spec("jumanji") is None or find_spec("rware") is None, reason="needs jumanji and rware"
@@ -180,13 +180,7 @@ def step_both(env, raw, actions, e: int = 0):
 @pytest.mark.parametrize("env_id", envs.RWARE_IDS)
 def test_contract_and_the_same_sizes_as_rware(env_id):
     with jax_env(env_id) as fast, envs.make(env_id, num_envs=1) as ref:
-        for name in ("n_agents", "obs_dims", "obs_dim", "state_dim", "discrete", "n_actions", "act_dims",
-                     "episode_limit", "metric_names"):  # fmt: skip
-            assert getattr(fast, name) == getattr(ref, name), name
-        assert fast.observation_spaces == ref.observation_spaces
-        assert fast.action_spaces == ref.action_spaces
-        a, b = fast.reset(), ref.reset()
-        assert {k: (v.shape[1:], v.dtype) for k, v in a.items()} == {k: (v.shape[1:], v.dtype) for k, v in b.items()}
+        a = assert_same_interface(fast, ref)
         assert a["avail"].all()  # no masks, as rware
         rollout(fast, steps=20)  # the truncation: below
 
