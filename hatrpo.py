@@ -621,15 +621,20 @@ def train(args: Args) -> dict:
     critic_optim = torch.optim.Adam(agents.critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
     # the actors' trust-region steps keep no state across iterations; the agent order's permutation is drawn
     # from numpy's global generator (`rng` below)
+    # the latest episodes' returns, lengths and wins: their means are logged, so a resumed run continues them
+    recent = recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     if resumed:  # the saved weights, ValueNorm's statistics, the critic's optimizer and the random generators
         agents.load_state_dict(resumed["model"])
         value_norm.load_state_dict(resumed["value_norm"])
         critic_optim.load_state_dict(progress["critic_optim"])
+        for d, saved in zip(recent, progress["recent"], strict=True):
+            d.extend(saved)
         experiment.set_rng_state(progress["rng"])
 
     def save() -> str:  # atomically (a temporary file, then a rename): the model and what --resume needs
         state = dict(global_step=global_step, iteration=iteration, next_eval=next_eval, rng=experiment.rng_state())
         state.update(critic_optim=critic_optim.state_dict())
+        state.update(recent=[list(d) for d in recent])
         model = {"algo": algo, "env_id": args.env_id, "args": dataclasses.asdict(args), "model": agents.state_dict(),
                  "value_norm": value_norm.state_dict()}  # fmt: skip
         return experiment.save_checkpoint(os.path.join(run_dir, f"{args.exp_name}.pt"), {**model, "training": state})
@@ -652,7 +657,6 @@ def train(args: Args) -> dict:
 
     start_step, start_time = global_step, time.time()
     training = experiment.Training(run_dir, args.num_iterations * args.batch_size, start_step)  # progress bar, Ctrl-C
-    recent_returns, recent_lengths, recent_wins = deque(maxlen=20), deque(maxlen=20), deque(maxlen=20)
     batch = env.reset()
     for iteration in range(progress["iteration"] + 1, args.num_iterations + 1):
         if args.anneal_lr:
