@@ -49,7 +49,7 @@ RESUME_MAY_CHANGE = (
 )  # fmt: skip
 VIDEO_MAX_FRAMES = 200  # frames rendered per video: a 1000-step MuJoCo episode renders every 5th step
 
-_current = {"run_dir": None, "updated": False, "training": None}  # the run of this process, for clean-ups
+_current = {"run_dir": None, "updated": False, "training": None, "terminated": False}  # this process's run
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -164,7 +164,7 @@ class Training:
     def __init__(self, run_dir: str, total_timesteps: int, start_step: int = 0):
         if _current["training"] is not None:  # a run of this process that raised without closing
             _current["training"].close()
-        _current["training"] = self
+        _current.update(training=self, terminated=False)
         self.run_dir, self.total = run_dir, total_timesteps
         self.interrupted, self.start, self.start_step = False, time.time(), start_step  # start_step: --resume
         self.next_tenth = 10 * start_step // total_timesteps + 1
@@ -195,7 +195,7 @@ class Training:
         print("\nCtrl-C: stopping after this iteration and saving the model (Ctrl-C again to abort)", flush=True)
 
     def _on_sigterm(self, signum, frame):  # a scheduler's stop (Slurm, Ray, kill): as a first Ctrl-C
-        self.interrupted = True
+        self.interrupted = _current["terminated"] = True  # main() then exits 143: not finished, to be resumed
         print("\nSIGTERM: stopping after this iteration and saving the model", flush=True)
 
     def update(self, global_step: int, recent_returns=(), recent_wins=()) -> None:
@@ -237,8 +237,10 @@ def fmt_time(seconds: float) -> str:
 
 @contextlib.contextmanager
 def main():
-    """Around `train(tyro.cli(Args))`: a second Ctrl-C ends with one line instead of a traceback, and a
-    run that failed before its first update leaves no run folder behind (no orphan in TensorBoard)."""
+    """Around `train(tyro.cli(Args))`: a second Ctrl-C ends with one line instead of a traceback, a run
+    that failed before its first update leaves no run folder behind (no orphan in TensorBoard), and a run
+    stopped by SIGTERM exits 143 (128 + SIGTERM) once saved, so that a scheduler or benchmark/run.py sees
+    an unfinished run (to resume) rather than a finished one."""
     try:
         yield
     except BaseException as e:
@@ -252,6 +254,8 @@ def main():
             print("aborted (Ctrl-C)", file=sys.stderr)
             raise SystemExit(130) from None
         raise
+    if _current["terminated"]:
+        raise SystemExit(143)
 
 
 # ------------------------------------------------------------------------------ checkpoints

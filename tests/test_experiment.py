@@ -99,6 +99,27 @@ def test_ctrl_c_finishes_the_iteration_saves_the_model_and_exits_cleanly(tmp_pat
     assert ckpt["args"]["num_iterations"] > 0
 
 
+def test_sigterm_finishes_the_iteration_saves_the_training_state_and_exits_143(tmp_path):
+    """SIGTERM (Slurm, Ray, kill) stops as a first Ctrl-C does, but exits 143: the run is not finished, and
+    benchmark/run.py (or a job script) starts it again with --resume."""
+    cmd = [sys.executable, os.path.join(ROOT, "mappo.py"), "--env-id", "matrix-climbing",
+           "--total-timesteps", "100000000", "--eval-interval", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = proc.stdout.readline() + proc.stdout.readline()  # "rollout: ...", then "logging to runs/..."
+    if "\nlogging to" not in first:
+        proc.kill()
+        raise AssertionError(first + proc.communicate(timeout=120)[0])
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out = first + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    assert "SIGTERM: stopping after this iteration" in out and "Traceback" not in out, out
+    model_path = out.split("model:")[1].split()[0]
+    ckpt = experiment.load_checkpoint(str(tmp_path / model_path), "mappo", "matrix-climbing")
+    assert 0 < ckpt["training"]["global_step"] < 100000000
+
+
 # ------------------------------------------------------------------------------ checkpoints
 def saved_model(tmp_path, weights=None) -> str:
     payload = {"algo": "mappo", "env_id": "matrix-climbing", "args": {}, "model": {"w": torch.ones(3, 3)}}
