@@ -27,6 +27,14 @@ def test_experiment_commands_are_one_per_algorithm_env_and_seed():
     assert any("mappo-ind" in c for c in cmds)
 
 
+def test_the_epymarl_experiment_runs_at_epymarls_budgets_on_the_jax_backends():
+    cmds = [" ".join(c[1:]) for c in run.commands(run.Args(experiment="epymarl", seeds=[1]))]
+    assert len(cmds) == 3 * 6  # (2 LBF tasks, 1 RWARE task) x the six files
+    tail = "--env-options backend=jax --total-timesteps {} --eval-interval {} --eval-episodes 100"
+    assert cmds[0] == "ia2c.py --env-id lbf-8x8-2p-2f-coop --seed 1 " + tail.format(20_050_000, 1_002_500)
+    assert cmds[-1] == "maddpg.py --env-id rware-tiny-4ag --seed 1 " + tail.format(2_050_000, 102_500)
+
+
 def test_each_run_gets_its_share_of_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
