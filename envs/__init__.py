@@ -55,7 +55,8 @@ FAMILIES = {
     "grf": ("envs.grf", GRF_IDS),
 }
 # family -> its backend whose `make` steps the whole batch in one jitted call, so that 128 envs cost
-# little more than 8: the algorithm files default to many envs there (see `batched`)
+# little more than 8: the algorithm files default to many envs there (see `batched`). Not rware's jax
+# backend: IPPO does not learn RWARE with the many-env rollout (docs/backend-rware-jax.md, "Not with many envs")
 BATCHED_BACKENDS = {"smax": "jax", "mpe": "jax", "lbf": "jax"}
 
 # family -> its simulator backends, the default first; where there are several, the option
