@@ -7,7 +7,8 @@ Run folders are named `{env_id}__{exp_name}__{seed}__{time}` (every algorithm fi
 runs with the same env id and exp_name are seeds of one experiment. For each env id: one PNG
 with the mean over seeds and a shaded min-max band (x = env steps, or wall-clock time with
 --x wall, written with a `__wall` suffix), and one markdown table: final value mean ± std over
-seeds (mean of each run's last 10% of points), seeds, steps, wall time. --smooth k: a running
+seeds (mean of each run's last 10% of points), the maximum and the mean over training of each run's
+smoothed curve (the EPyMARL paper's two metrics; mean ± std over seeds), seeds, steps, wall time. --smooth k: a running
 mean over k logged points; --smooth-steps s: a running mean over the points of the last s env
 steps, which treats files that log every episode and files that log once per iteration alike.
 --published NAME=VALUE[@STEPS]: a paper's final value as a dashed line (in the colour of experiment
@@ -110,14 +111,24 @@ def parse_published(pairs: list[str]) -> list[tuple[str, float, float | None]]:
     return marks
 
 
-def table(env_id: str, experiments: dict, tag: str) -> str:
-    lines = [f"| {env_id} | {tag} (final, mean ± std) | seeds | env steps | wall time |", "|---|---|---|---|---|"]
+def table(env_id: str, experiments: dict, tag: str, window: int = 1, span: float = 0) -> str:
+    """Per experiment, mean ± std over seeds of each run's final value (its last 10% of points), and of the
+    maximum and the mean over training of its curve, smoothed as plotted (the EPyMARL paper's two metrics)."""
+    lines = [
+        f"| {env_id} | {tag} (final, mean ± std) | max over training | mean over training | seeds | env steps "
+        "| wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for exp_name, curves in sorted(experiments.items()):
         finals = [final_value(c) for c in curves]
+        trained = [smoothed_over_steps(c[:, 0], smoothed(c[:, 1], window), span) for c in curves]
         steps = int(np.median([c[-1, 0] for c in curves]))
         wall = np.median([c[-1, 2] for c in curves]) / 60
-        final = f"{np.mean(finals):.2f} ± {np.std(finals):.2f}"
-        lines.append(f"| {exp_name} | {final} | {len(curves)} | {steps:,} | {wall:.0f} min |")
+        cells = [
+            f"{np.mean(x):.2f} ± {np.std(x):.2f}"
+            for x in (finals, [v.max() for v in trained], [v.mean() for v in trained])
+        ]
+        lines.append(f"| {exp_name} | {' | '.join(cells)} | {len(curves)} | {steps:,} | {wall:.0f} min |")
     return "\n".join(lines)
 
 
@@ -191,7 +202,7 @@ def main(args: Args) -> None:
         fig.savefig(base + ".png", dpi=120)
         plt.close(fig)
         with open(base + ".md", "w") as f:
-            f.write(table(env_id, experiments, args.tag) + "\n")
+            f.write(table(env_id, experiments, args.tag, args.smooth, args.smooth_steps) + "\n")
         print(f"wrote {base}.png and {base}.md")
 
 

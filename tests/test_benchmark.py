@@ -260,6 +260,21 @@ def test_mean_curve_covers_only_the_steps_every_seed_has_logged():
     np.testing.assert_allclose([mean, low, high], [[1.0, 2.0, 3.0]] * 3)
 
 
+def test_plot_table_gives_final_maximum_and_mean_over_training():
+    import numpy as np
+
+    from benchmark.plot import table
+
+    # (step, value, seconds); a: max 3, mean 2, final 2 (the last 10% of 3 points: the last one); b: 8, 3, 8
+    a = np.array([[10, 1, 60], [20, 3, 120], [30, 2, 180]], dtype=float)
+    b = np.array([[10, 0, 60], [20, 1, 120], [30, 8, 240]], dtype=float)
+    row = table("lbf-8x8-2p-2f-coop", {"ippo": [a, b]}, "charts/episodic_return").splitlines()[2]
+    assert row == "| ippo | 5.00 ± 3.00 | 5.50 ± 2.50 | 2.50 ± 0.50 | 2 | 30 | 4 min |"
+    # smoothed as plotted: a running mean over 2 points turns a into 1, 2, 2.5 and b into 0, 0.5, 4.5
+    row = table("lbf-8x8-2p-2f-coop", {"ippo": [a, b]}, "charts/episodic_return", window=2).splitlines()[2]
+    assert row == "| ippo | 5.00 ± 3.00 | 3.50 ± 1.00 | 1.75 ± 0.08 | 2 | 30 | 4 min |"
+
+
 def test_plot_draws_a_single_evaluation_as_a_dot(tmp_path, monkeypatch):
     import matplotlib.figure
     from torch.utils.tensorboard import SummaryWriter
