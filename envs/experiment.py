@@ -110,10 +110,58 @@ def make_run_dir(env_id: str, exp_name: str, seed: int, root: str = "runs") -> s
     raise RuntimeError(f"could not create a run folder next to {base}")
 
 
+# a training curve keeps about this many points however long the run: a 2e7-step run of a file that logs every
+# few hundred env steps would otherwise write a TensorBoard file of hundreds of MB
+LOG_POINTS = 2000
+
+
+class ThinnedWriter:
+    """A TensorBoard writer that keeps about LOG_POINTS points per training curve: the values of a tag logged
+    within `every` env steps of its last point are written as their mean, at the step of the last of them.
+    The evaluations (eval/*) are written as they come, and each one first writes what is pending, so that a
+    run resumed from the save after an evaluation logs the same points as the run left alone."""
+
+    def __init__(self, writer, every: int, since: int | None = None):
+        self.writer, self.every = writer, every
+        self.pending: dict[str, tuple[float, int, int]] = {}  # tag -> (sum, count, step of the last value)
+        self.last: dict[str, int] = {}  # tag -> step of its last point
+        self.since = since  # where the window of a tag without a point starts (None: its first value is a point)
+
+    def add_scalar(self, tag: str, value, global_step: int) -> None:
+        if self.every <= 1 or tag.startswith("eval/"):
+            self.writer.add_scalar(tag, value, global_step)
+            return
+        total, count, _ = self.pending.get(tag, (0.0, 0, global_step))
+        self.pending[tag] = (total + float(value), count + 1, global_step)
+        start = self.last.get(tag, self.since)
+        if start is None or global_step - start >= self.every:
+            self._write(tag)
+
+    def _write(self, tag: str) -> None:
+        total, count, step = self.pending.pop(tag)
+        self.writer.add_scalar(tag, total / count, step)
+        self.last[tag] = step
+
+    def flush_pending(self, global_step: int) -> None:
+        """Write every pending mean; the windows start again at global_step."""
+        for tag in list(self.pending):
+            self._write(tag)
+        self.last.clear()
+        self.since = global_step
+
+    def close(self) -> None:
+        for tag in list(self.pending):
+            self._write(tag)
+        self.writer.close()
+
+    def __getattr__(self, name):  # add_text, flush, ...: the SummaryWriter's own
+        return getattr(self.writer, name)
+
+
 def make_writer(args, run_dir: str, purge_step: int = 0):
-    """TensorBoard writer on run_dir, mirrored to Weights & Biases with --track; logs the hyper-parameters.
-    `purge_step` (a resumed run's step): TensorBoard drops what the run logged at or after it before it stopped,
-    so the curves continue from the saved state without a doubled stretch."""
+    """TensorBoard writer on run_dir (a ThinnedWriter), mirrored to Weights & Biases with --track; logs the
+    hyper-parameters. `purge_step` (a resumed run's step + 1): TensorBoard drops what the run logged at or after it
+    before it stopped, so the curves continue from the saved state without a doubled stretch."""
     if getattr(args, "track", False):
         try:
             import wandb
@@ -130,16 +178,19 @@ def make_writer(args, run_dir: str, purge_step: int = 0):
         )
     from torch.utils.tensorboard import SummaryWriter
 
-    if purge_step:
-        return SummaryWriter(run_dir, purge_step=purge_step)
+    every = args.total_timesteps // LOG_POINTS
+    if purge_step:  # the saved state was written after an evaluation (or at a stop): the windows start there
+        return ThinnedWriter(SummaryWriter(run_dir, purge_step=purge_step), every, since=purge_step - 1)
     writer = SummaryWriter(run_dir)
     table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
-    return writer
+    return ThinnedWriter(writer, every)
 
 
 def log_eval(writer, global_step: int, eval_return: float, eval_win: float, episodes: int) -> None:
     """The eval line (printed and logged): eval/episodic_return, eval/win_rate where defined."""
+    if isinstance(writer, ThinnedWriter):
+        writer.flush_pending(global_step)
     writer.add_scalar("eval/episodic_return", eval_return, global_step)
     if not math.isnan(eval_win):
         writer.add_scalar("eval/win_rate", eval_win, global_step)

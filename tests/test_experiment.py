@@ -382,3 +382,43 @@ def test_coma_evaluates_a_checkpoint_with_video():
     result = module.train(eval_args)
     assert math.isfinite(result["eval_return"])
     assert os.path.isfile(os.path.join(os.path.dirname(model_path), "videos", "eval_checkpoint.mp4"))
+
+
+class FakeWriter:
+    def __init__(self):
+        self.points, self.closed = {}, False
+
+    def add_scalar(self, tag, value, step):
+        self.points.setdefault(tag, []).append((step, value))
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_long_run_logs_each_training_curve_as_window_means_and_every_evaluation():
+    w = experiment.ThinnedWriter(FakeWriter(), every=10)
+    for value, step in [(1, 5), (2, 8), (4, 15)]:  # the first value is a point; 2 and 4 end a window at 15
+        w.add_scalar("charts/episodic_return", value, step)
+    w.add_scalar("eval/episodic_return", -1.0, 16)  # never thinned
+    w.add_scalar("charts/episodic_return", 6, 18)
+    experiment.log_eval(w, 20, 0.5, float("nan"), 2)  # writes the pending 6 at 18; the windows start at 20
+    w.add_scalar("charts/episodic_return", 8, 25)  # 25 - 20 < 10: pending until the close
+    w.close()
+    assert w.writer.points["charts/episodic_return"] == [(5, 1.0), (15, 3.0), (18, 6.0), (25, 8.0)]
+    assert w.writer.points["eval/episodic_return"] == [(16, -1.0), (20, 0.5)] and w.writer.closed
+    # a run resumed from the save after the evaluation at 20 logs what the run left alone logged after it
+    values = [(3, 22), (5, 27), (7, 31), (9, 44), (11, 45)]
+    alone, resumed = experiment.ThinnedWriter(FakeWriter(), 10), experiment.ThinnedWriter(FakeWriter(), 10, since=20)
+    alone.add_scalar("losses/value_loss", 0.0, 12)
+    experiment.log_eval(alone, 20, 0.0, float("nan"), 2)
+    for w in (alone, resumed):
+        for value, step in values:
+            w.add_scalar("losses/value_loss", value, step)
+        w.close()
+    after = [p for p in alone.writer.points["losses/value_loss"] if p[0] > 20]
+    assert after == resumed.writer.points["losses/value_loss"] == [(31, 5.0), (44, 9.0), (45, 11.0)]
+    # a short run (every < 2) logs every value as it comes
+    short = experiment.ThinnedWriter(FakeWriter(), every=1)
+    for step in (1, 2, 3):
+        short.add_scalar("charts/SPS", step, step)
+    assert short.writer.points["charts/SPS"] == [(1, 1), (2, 2), (3, 3)]

@@ -120,6 +120,16 @@ def test_a_killed_run_resumed_ends_as_the_run_left_alone(algo, in_tmp_dir, monke
             assert read_scalars(resumed["run_dir"], tag) == read_scalars(alone["run_dir"], tag), tag
 
 
+def test_a_killed_run_with_thinned_curves_resumed_ends_as_the_run_left_alone(in_tmp_dir, monkeypatch):
+    # curves of about 3 points per run (envs/experiment.py ThinnedWriter): the windows restart at each save
+    monkeypatch.setattr(experiment, "LOG_POINTS", 3)
+    test_a_killed_run_resumed_ends_as_the_run_left_alone("mappo", in_tmp_dir, monkeypatch)
+    (alone,) = [d for d in os.listdir(in_tmp_dir / "runs") if d.startswith("matrix-climbing__mappo__")]
+    # 25 steps of one-step episodes per iteration, 4 iterations: a point each without thinning; here the first
+    # episode's, then one mean per iteration (written before each evaluation)
+    assert len(read_scalars(str(in_tmp_dir / "runs" / alone), "charts/episodic_return")) == 1 + ITERATIONS
+
+
 @pytest.mark.parametrize("algo", ["coma", "maddpg"])
 def test_a_resume_saves_the_state_it_loaded(algo, in_tmp_dir):
     # state that a one-step game never reads (it bootstraps nothing), e.g. coma's target critic: a resume that
