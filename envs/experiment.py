@@ -6,7 +6,8 @@ Each algorithm file calls these in one line each:
     check_args(args, one_batch)         the errors every file shares, before any folder is made
     device(args.cuda)                   torch.device, or an error when --cuda finds no GPU
     make_run_dir(env_id, exp_name, seed)  runs/{env_id}__{exp_name}__{seed}__{time}[-k], never shared
-    make_writer(args, run_dir)          TensorBoard writer (+ W&B with --track), hyper-parameters logged
+    make_writer(args, run_dir)          TensorBoard writer (+ W&B with --track), hyper-parameters logged;
+                                        about LOG_POINTS points per training curve (ThinnedWriter)
     Training(run_dir, total_timesteps)  progress bar with ETA; Ctrl-C asks the loop to stop after the
                                         current iteration (`training.interrupted`)
     log_eval(writer, step, ret, win, n) the eval line, printed and logged
