@@ -249,6 +249,15 @@ def log_name(cmd: list[str]) -> str:
     return f"{name}.log"
 
 
+def sweep_status(folder: str) -> str | None:
+    """The status `execute` wrote in a run folder's sweep.json ("ok", "failed"), or None."""
+    try:
+        with open(os.path.join(folder, "sweep.json")) as f:
+            return json.load(f).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def earlier_attempt(work_dir: str, log_path: str) -> str | None:
     """The checkpoint to `--resume` from, where an earlier attempt of this command (killed, failed, or its sweep
     stopped) saved its training state: its log names its run folder. An unfinished folder that cannot be resumed
@@ -262,8 +271,8 @@ def earlier_attempt(work_dir: str, log_path: str) -> str | None:
     name = os.path.basename(folders[-1])
     runs, failed = os.path.join(work_dir, "runs"), os.path.join(work_dir, "runs", "failed")
     folder = next((d for d in (os.path.join(runs, name), os.path.join(failed, name)) if os.path.isdir(d)), None)
-    if folder is None or os.path.isfile(os.path.join(folder, "sweep.json")):
-        return None  # gone, or finished (and started again with --force)
+    if folder is None or sweep_status(folder) == "ok":
+        return None  # gone, or finished (and started again with --force); a failed or stopped one may resume
     checkpoint = os.path.join(folder, f"{name.split('__')[1]}.pt")  # runs/<env>__<exp_name>__<seed>__<time>
     try:
         import torch

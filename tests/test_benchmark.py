@@ -167,12 +167,17 @@ def test_a_run_started_again_resumes_from_its_last_save_and_sets_aside_a_folder_
         real_save(path, payload) if len(saves) <= 2 else path))  # fmt: skip
     earlier = mappo.train(mappo.Args(**flags))["run_dir"]
     monkeypatch.setattr(experiment, "save_checkpoint", real_save)
+    # set aside by its sweep as a failed run (as one stopped with SIGTERM, exit 143 after a save, is)
+    (tmp_path / "runs" / "failed").mkdir()
+    os.replace(tmp_path / earlier, tmp_path / "runs" / "failed" / os.path.basename(earlier))
+    (tmp_path / "runs" / "failed" / os.path.basename(earlier) / "sweep.json").write_text('{"status": "failed"}')
     log = tmp_path / "runs" / "logs" / run.log_name(cmd)
     log.write_text(f"# attempt 1\nlogging to {earlier} (tensorboard --logdir runs)\n")
     result = run.execute(cmd, str(tmp_path), {}, code_root=run.ROOT)
     assert result["code"] == 0 and result["run_dir"] == earlier, log.read_text()
     assert "# resumed from runs/" in log.read_text() and "# attempt 1" in log.read_text()  # appended, not replaced
     assert [step for step, _ in read_scalars(str(tmp_path / earlier), "losses/value_loss")] == [200, 400, 600, 800]
+    assert run.earlier_attempt(str(tmp_path), str(log)) is None and os.path.isdir(tmp_path / earlier)  # finished
     # a run folder without a save (killed before its first evaluation): set aside, out of benchmark/plot.py's way
     os.remove(tmp_path / earlier / "sweep.json")
     os.remove(tmp_path / earlier / "mappo.pt")
