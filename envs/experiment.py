@@ -189,9 +189,8 @@ def make_writer(args, run_dir: str, purge_step: int = 0):
 
 
 def log_eval(writer, global_step: int, eval_return: float, eval_win: float, episodes: int) -> None:
-    """The eval line (printed and logged): eval/episodic_return, eval/win_rate where defined."""
-    if isinstance(writer, ThinnedWriter):
-        writer.flush_pending(global_step)
+    """The eval line (printed and logged on make_writer's writer): eval/episodic_return, eval/win_rate where defined."""
+    writer.flush_pending(global_step)  # the training curves' pending means, before the save that follows
     writer.add_scalar("eval/episodic_return", eval_return, global_step)
     if not math.isnan(eval_win):
         writer.add_scalar("eval/win_rate", eval_win, global_step)
